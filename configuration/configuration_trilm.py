@@ -1,0 +1,189 @@
+"""Configurations of the three trilm families.
+
+One vocabulary describes all three (as litgpt's one `Config` does): `TrilmConfig` holds the fields every
+family shares and checks them; each family adds its model_type, its defaults and its own fields. The defaults
+are modern (pre-norm, RMSNorm, RoPE, gated MLP); the other values exist so that classic architectures (BERT,
+BART, the original Transformer) are expressible exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+# Allowed values of the enumerated fields, in the order the error messages list them.
+CHOICES = {
+    "mlp_type": ("gated", "plain"),
+    "norm_type": ("rmsnorm", "layernorm"),
+    "norm_position": ("pre", "post"),
+    "position_embedding_type": ("rope", "sinusoidal", "learned"),
+}
+
+# Files written next to every saved config, so that `trust_remote_code=True` loads a checkpoint through
+# `auto_map` (for example from the Hub) wherever trilm is installed. They import the installed classes.
+_REMOTE_CODE_SHIMS = {
+    "configuration_trilm.py": "from trilm.configuration import *  # noqa: F401,F403\n",
+    "modeling_trilm.py": "from trilm.modeling import *  # noqa: F401,F403\n",
+}
+
+
+def _field_error(name: str, value: Any, requirement: str) -> ValueError:
+    return ValueError(f"{name}={value!r} is invalid: {requirement}.")
+
+
+@strict
+class TrilmConfig(PreTrainedConfig):
+    """Fields and checks shared by the three families. Not used on its own: pick a family's config."""
+
+    # Auto class name -> trilm class name, written into `auto_map` (a dict, as TRL expects).
+    auto_classes: ClassVar[dict[str, str]] = {}
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    vocab_size: int = 32000
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int | None = None
+    hidden_act: str = "silu"
+    mlp_type: str = "gated"
+    norm_type: str = "rmsnorm"
+    norm_position: str = "pre"
+    norm_eps: float = 1e-6
+    norm_bias: bool = True
+    position_embedding_type: str = "rope"
+    rope_theta: float = 10000.0
+    rope_parameters: dict | None = None
+    max_position_embeddings: int = 2048
+    position_offset: int = 0
+    scale_embedding: bool = False
+    embedding_norm: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    classifier_dropout: float = 0.0
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    auto_map: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.intermediate_size is None:
+            # The usual widths: 4x for a plain MLP, 8/3x (rounded to 64) for a gated one of the same cost.
+            self.intermediate_size = (
+                4 * self.hidden_size if self.mlp_type == "plain" else 64 * -(-8 * self.hidden_size // (3 * 64))
+            )
+        self.check()
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.position_embedding_type == "rope":
+            kwargs.setdefault("rope_theta", self.rope_theta)
+        self.auto_map = {**(self.auto_map or {}), **self._canonical_auto_map()}
+        super().__post_init__(**kwargs)
+        if self.rope_parameters:
+            self.rope_theta = float(self.rope_parameters.get("rope_theta", self.rope_theta))
+
+    def check(self) -> None:
+        """Raise a `ValueError` naming the field for every invalid value or combination."""
+        for name in self.positive_int_fields():
+            value = getattr(self, name)
+            if value is None or isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise _field_error(name, value, "it must be a positive integer")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise _field_error(name, getattr(self, name), f"allowed values are {', '.join(map(repr, allowed))}")
+        if self.hidden_act not in ACT2FN:
+            raise _field_error("hidden_act", self.hidden_act, f"allowed values are the keys of transformers' ACT2FN, e.g. 'silu', 'gelu'")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise _field_error(
+                "hidden_size",
+                self.hidden_size,
+                f"it must be divisible by num_attention_heads={self.num_attention_heads} (or set head_dim explicitly)",
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise _field_error(
+                "num_key_value_heads",
+                self.num_key_value_heads,
+                f"it must divide num_attention_heads={self.num_attention_heads} (grouped-query attention)",
+            )
+        head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        if self.position_embedding_type == "rope" and head_dim % 2:
+            raise _field_error("head_dim", head_dim, "rotary position embeddings need an even head_dim")
+        if not self.norm_eps > 0:
+            raise _field_error("norm_eps", self.norm_eps, "it must be positive")
+        if self.position_offset < 0:
+            raise _field_error("position_offset", self.position_offset, "it must be zero or positive")
+        for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise _field_error(name, getattr(self, name), "a dropout probability must lie in [0, 1)")
+        if not self.initializer_range > 0:
+            raise _field_error("initializer_range", self.initializer_range, "it must be positive")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", *self.extra_token_id_fields()):
+            value = getattr(self, name)
+            for token_id in value if isinstance(value, list) else [value]:
+                if token_id is not None and not 0 <= token_id < self.vocab_size:
+                    raise _field_error(name, value, f"token ids must lie in [0, vocab_size={self.vocab_size})")
+
+    def positive_int_fields(self) -> tuple[str, ...]:
+        return (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            *(("head_dim",) if self.head_dim is not None else ()),
+        )
+
+    def extra_token_id_fields(self) -> tuple[str, ...]:
+        return ()
+
+    def _canonical_auto_map(self) -> dict[str, str]:
+        entries = {"AutoConfig": f"configuration_trilm.{type(self).__name__}"}
+        entries.update({auto: f"modeling_trilm.{cls}" for auto, cls in self.auto_classes.items()})
+        return entries
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
+        self.auto_map = {**(self.auto_map or {}), **self._canonical_auto_map()}
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        for filename, source in _REMOTE_CODE_SHIMS.items():
+            with open(os.path.join(save_directory, filename), "w") as f:
+                f.write(source)
+
+
+@strict
+class TrilmDecoderConfig(TrilmConfig):
+    """Decoder-only (GPT/Llama-like) model. Defaults: pre-norm RMSNorm, RoPE, gated SiLU MLP, tied embeddings."""
+
+    model_type = "trilm_decoder"
+    auto_classes: ClassVar[dict[str, str]] = {
+        "AutoModel": "TrilmDecoderModel",
+        "AutoModelForCausalLM": "TrilmDecoderForCausalLM",
+        "AutoModelForSequenceClassification": "TrilmDecoderForSequenceClassification",
+    }
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }

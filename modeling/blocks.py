@@ -1,0 +1,354 @@
+"""Building blocks shared by the three trilm families, chosen by config.
+
+Read top to bottom: norms, position embeddings, attention, MLP, the residual block, and the
+`PreTrainedModel` base with its capability flags and weight init. The family files (decoder, encoder,
+seq2seq) compose these; none of them defines attention, norms or MLPs of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.output_capturing import OutputRecorder
+
+from trilm.configuration import TrilmConfig
+
+
+# --------------------------------------------------------------------------------------------- norms
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 (numerically identical to Llama's)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+def make_norm(config: TrilmConfig) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(config.hidden_size, eps=config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+
+
+# ------------------------------------------------------------------------------ position embeddings
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables of rotary position embeddings; every rope type of transformers (`rope_parameters`)."""
+
+    def __init__(self, config: TrilmConfig):
+        super().__init__()
+        self.config = config
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters["rope_type"]
+        rope_init_fn = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = rope_init_fn(config)
+        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        self.original_inv_freq = nn.Buffer(inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: TrilmConfig, **kwargs) -> tuple[torch.Tensor, float]:
+        base, dim = config.rope_parameters["rope_theta"], config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+
+
+def sinusoidal_embedding(position_ids: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """The original Transformer's fixed positions: sin on even channels, cos on odd ones."""
+    inv_freq = torch.exp(
+        torch.arange(0, dim, 2, device=position_ids.device, dtype=torch.float32) * (-math.log(10000.0) / dim)
+    )
+    angles = position_ids[..., None].float() * inv_freq
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)[..., :dim].to(dtype)
+
+
+class Embeddings(nn.Module):
+    """Everything added to the token embeddings before the first block: scale, absolute positions
+    (learned or sinusoidal; RoPE acts inside attention instead), token types, norm and dropout."""
+
+    def __init__(self, config: TrilmConfig, num_token_types: int = 0):
+        super().__init__()
+        self.config = config
+        self.scale = math.sqrt(config.hidden_size) if config.scale_embedding else 1.0
+        self.position_offset = config.position_offset
+        self.embed_positions = None
+        if config.position_embedding_type == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings + config.position_offset, config.hidden_size)
+        self.embed_token_types = nn.Embedding(num_token_types, config.hidden_size) if num_token_types else None
+        self.norm = make_norm(config) if config.embedding_norm else None
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden_states = inputs_embeds * self.scale if self.scale != 1.0 else inputs_embeds
+        kind = self.config.position_embedding_type
+        if kind == "learned":
+            self._check_positions(position_ids)
+            hidden_states = hidden_states + self.embed_positions(position_ids + self.position_offset)
+        elif kind == "sinusoidal":
+            hidden_states = hidden_states + sinusoidal_embedding(position_ids, hidden_states.shape[-1], hidden_states.dtype)
+        if self.embed_token_types is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(position_ids)
+            hidden_states = hidden_states + self.embed_token_types(token_type_ids)
+        if self.norm is not None:
+            hidden_states = self.norm(hidden_states)
+        return self.dropout(hidden_states)
+
+    def _check_positions(self, position_ids: torch.Tensor) -> None:
+        if torch.compiler.is_compiling():
+            return
+        limit = self.config.max_position_embeddings
+        if position_ids.numel() and int(position_ids.max()) >= limit:
+            raise ValueError(
+                f"Position {int(position_ids.max())} is out of range: this model has learned position embeddings "
+                f"for max_position_embeddings={limit} positions. Truncate the input to {limit} tokens "
+                f"(e.g. tokenizer(..., truncation=True, max_length={limit}))."
+            )
+
+
+# -------------------------------------------------------------------------------------------- attention
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, head_dim) -> (batch, kv_heads * n_rep, seq, head_dim) for grouped-query attention."""
+    if n_rep == 1:
+        return hidden_states
+    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped-query heads, as self-attention (causal or bidirectional, with RoPE
+    when configured) or as cross-attention over encoder states. The kernel is whichever
+    `config._attn_implementation` names (eager, sdpa, flex, flash), through `ALL_ATTENTION_FUNCTIONS`."""
+
+    def __init__(self, config: TrilmConfig, layer_idx: int, is_causal: bool, is_cross_attention: bool = False):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_causal = is_causal
+        self.is_cross_attention = is_cross_attention
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        q_size, kv_size = config.num_attention_heads * self.head_dim, config.num_key_value_heads * self.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, q_size, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
+        self.o_proj.writes_residual = True
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        key_value_states: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        query_states = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        if self.is_cross_attention:
+            key_states, value_states = self._cross_key_values(key_value_states, past_key_values)
+        else:
+            key_states = self.k_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+            value_states = self.v_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+            if position_embeddings is not None:
+                query_states, key_states = apply_rotary_pos_emb(query_states, key_states, *position_embeddings)
+            if past_key_values is not None:
+                cache = past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else past_key_values
+                key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=self.is_causal,
+            **kwargs,
+        )
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        return attn_output, attn_weights
+
+    def _cross_key_values(self, key_value_states: torch.Tensor, past_key_values: Cache | None):
+        """Keys and values of the encoder states: computed once, then read from the cross-attention cache."""
+        cache = past_key_values.cross_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else None
+        if cache is not None and past_key_values.is_updated.get(self.layer_idx):
+            return cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        kv_shape = (*key_value_states.shape[:-1], -1, self.head_dim)
+        key_states = self.k_proj(key_value_states).view(kv_shape).transpose(1, 2)
+        value_states = self.v_proj(key_value_states).view(kv_shape).transpose(1, 2)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+            past_key_values.is_updated[self.layer_idx] = True
+        return key_states, value_states
+
+
+# ------------------------------------------------------------------------------------------------ MLP
+class MLP(nn.Module):
+    """Gated (SwiGLU/GeGLU: down(act(gate(x)) * up(x))) or plain (down(act(up(x)))) feed-forward."""
+
+    def __init__(self, config: TrilmConfig):
+        super().__init__()
+        hidden, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias) if config.mlp_type == "gated" else None
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+        self.down_proj.writes_residual = True
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_proj is None:
+            return self.down_proj(self.act_fn(self.up_proj(x)))
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+# ------------------------------------------------------------------------------------- residual block
+class TransformerBlock(GradientCheckpointingLayer):
+    """Self-attention, optional cross-attention, MLP; each a residual sublayer with its norm before
+    (pre-norm: x + f(norm(x))) or after (post-norm: norm(x + f(x))) it."""
+
+    def __init__(self, config: TrilmConfig, layer_idx: int, is_causal: bool, has_cross_attention: bool = False):
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.self_attn = Attention(config, layer_idx, is_causal=is_causal)
+        self.self_attn_norm = make_norm(config)
+        self.cross_attn = Attention(config, layer_idx, is_causal=False, is_cross_attention=True) if has_cross_attention else None
+        self.cross_attn_norm = make_norm(config) if has_cross_attention else None
+        self.mlp = MLP(config)
+        self.mlp_norm = make_norm(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def _residual(self, norm: nn.Module, sublayer: Callable, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.pre_norm:
+            return hidden_states + self.dropout(sublayer(norm(hidden_states)))
+        return norm(hidden_states + self.dropout(sublayer(hidden_states)))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        kwargs.pop("use_cache", None)
+        hidden_states = self._residual(
+            self.self_attn_norm,
+            lambda x: self.self_attn(
+                x, attention_mask, position_embeddings=position_embeddings, past_key_values=past_key_values, **kwargs
+            )[0],
+            hidden_states,
+        )
+        if self.cross_attn is not None:
+            hidden_states = self._residual(
+                self.cross_attn_norm,
+                lambda x: self.cross_attn(
+                    x, encoder_attention_mask, past_key_values=past_key_values, key_value_states=encoder_hidden_states, **kwargs
+                )[0],
+                hidden_states,
+            )
+        return self._residual(self.mlp_norm, self.mlp, hidden_states)
+
+
+# -------------------------------------------------------------------------------------------- base
+class TrilmPreTrainedModel(PreTrainedModel):
+    """Capability flags and weight init shared by every trilm model."""
+
+    config: TrilmConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransformerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {
+        "hidden_states": TransformerBlock,
+        "attentions": OutputRecorder(Attention, index=1, layer_name="self_attn"),
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # GPT-2's scaled init: projections that write into the residual stream shrink with depth.
+        if getattr(module, "writes_residual", False):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.weight, mean=0.0, std=std)

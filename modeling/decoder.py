@@ -1,0 +1,216 @@
+"""Decoder-only (GPT/Llama-like) family: a causal stack of shared blocks, a language-model head, and a
+sequence-classification head that serves as a TRL reward model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils import can_return_tuple
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from trilm.configuration import TrilmDecoderConfig
+
+from .blocks import Embeddings, RotaryEmbedding, TransformerBlock, TrilmPreTrainedModel, make_norm
+
+
+class TrilmDecoderPreTrainedModel(TrilmPreTrainedModel):
+    config_class = TrilmDecoderConfig
+    config: TrilmDecoderConfig
+
+
+class TrilmDecoderModel(TrilmDecoderPreTrainedModel):
+    """Token embeddings, causal blocks and a final norm (pre-norm only); returns the last hidden states."""
+
+    def __init__(self, config: TrilmDecoderConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embeddings = Embeddings(config)
+        self.rotary_emb = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
+        self.layers = nn.ModuleList(
+            [TransformerBlock(config, layer_idx, is_causal=True) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = make_norm(config) if config.norm_position == "pre" else None
+        self.post_init()
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if position_ids is None:
+            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)
+
+        # The mask is built before any cache is created: without a cache, masking_utils recognises packed
+        # sequences (position_ids restarting at 0, no attention mask) and keeps them from attending to each other.
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = DynamicCache(config=self.config)
+
+        hidden_states = self.embeddings(inputs_embeds, position_ids)
+        position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=causal_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        if self.norm is not None:
+            hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class TrilmDecoderForCausalLM(TrilmDecoderPreTrainedModel, GenerationMixin):
+    """Causal language model: the decoder stack and a linear `lm_head` (tied to the embeddings by default)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+
+    def __init__(self, config: TrilmDecoderConfig):
+        super().__init__(config)
+        self.model = TrilmDecoderModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class TrilmDecoderForSequenceClassification(TrilmDecoderPreTrainedModel):
+    """Sequence classifier / reward model: a linear `score` head on the last non-pad token of each row."""
+
+    def __init__(self, config: TrilmDecoderConfig):
+        super().__init__(config)
+        if config.pad_token_id is not None and config.pad_token_id in _as_list(config.eos_token_id):
+            raise ValueError(
+                f"pad_token_id={config.pad_token_id} equals eos_token_id: this head scores the last non-pad token, "
+                "so with pad == EOS it would skip the EOS that ends each text. Give the tokenizer a dedicated "
+                "pad token and set config.pad_token_id to its id."
+            )
+        self.num_labels = config.num_labels
+        self.model = TrilmDecoderModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)
+        batch_size = logits.shape[0]
+        pad_token_id = self.config.pad_token_id
+        if pad_token_id is None or input_ids is None:
+            if batch_size != 1 and attention_mask is None:
+                raise ValueError(
+                    "Cannot find the last token of each row in a batch: set config.pad_token_id and pass input_ids, "
+                    "or pass an attention_mask."
+                )
+            if attention_mask is None:
+                last_token = torch.full((batch_size,), logits.shape[1] - 1, device=logits.device)
+            else:
+                last_token = _last_true_index(attention_mask.to(logits.device).bool())
+        else:
+            # The rightmost non-pad token, so that left and right padding both work.
+            last_token = _last_true_index(input_ids.to(logits.device) != pad_token_id)
+        pooled_logits = logits[torch.arange(batch_size, device=logits.device), last_token]
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def _last_true_index(mask: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(mask.shape[-1], device=mask.device, dtype=torch.int32)
+    return (positions * mask.to(torch.int32)).argmax(-1)
