@@ -1,0 +1,75 @@
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import trilm.modeling  # noqa: E402,F401  (registers the Auto classes)
+from trilm.configuration import TrilmDecoderConfig  # noqa: E402
+
+torch.set_num_threads(1)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"realdata: {SHARED_DATA} is absent (CI has it)")
+    for item in items:
+        if "realdata" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    return SHARED_DATA
+
+
+def tiny_decoder_config(**overrides) -> TrilmDecoderConfig:
+    values = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    values.update(overrides)
+    return TrilmDecoderConfig(**values)
+
+
+@pytest.fixture
+def decoder_config() -> TrilmDecoderConfig:
+    return tiny_decoder_config()
+
+
+CORPUS = [
+    "the cat sat on the mat",
+    "a dog ran in the park",
+    "good answer here and there",
+    "bad answer there and here",
+]
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """A tiny word-level tokenizer built locally with `tokenizers` (pad=0, bos=1, eos=2, distinct)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )

@@ -1,0 +1,233 @@
+"""The decoder family against transformers' Llama, and against itself under caches, padding, attention
+backends, gradient checkpointing and packing."""
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlamaModel
+
+from trilm.modeling import TrilmDecoderForCausalLM, TrilmDecoderModel
+from trilm.modeling.interop import from_transformers, to_transformers
+
+from .conftest import tiny_decoder_config
+
+
+def llama(tie: bool, cls=LlamaForCausalLM):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        rope_theta=1000.0,
+    )
+    return cls(config).eval()
+
+
+def causal_lm(**overrides) -> TrilmDecoderForCausalLM:
+    torch.manual_seed(0)
+    return TrilmDecoderForCausalLM(tiny_decoder_config(**overrides)).eval()
+
+
+def tokens(batch=2, length=12, seed=1):
+    return torch.randint(3, 97, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------- vs Llama
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_converted_llama_gives_same_logits_and_greedy_generation(tie):
+    reference = llama(tie)
+    ours = from_transformers(reference).eval()
+    assert isinstance(ours, TrilmDecoderForCausalLM)
+    assert ours.config.num_key_value_heads == 2 and ours.config.tie_word_embeddings == tie
+    assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == tie
+    x = tokens()
+    with torch.no_grad():
+        assert (ours(x).logits - reference(x).logits).abs().max() <= 1e-4
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(x[:, :4], **kwargs), reference.generate(x[:, :4], **kwargs))
+
+
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_to_transformers_round_trips_to_identical_weights(tie):
+    reference = llama(tie)
+    back = to_transformers(from_transformers(reference))
+    assert type(back) is LlamaForCausalLM
+    before, after = reference.state_dict(), back.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_base_llama_model_converts_to_the_base_decoder():
+    reference = llama(False, cls=LlamaModel)
+    ours = from_transformers(reference).eval()
+    assert type(ours) is TrilmDecoderModel
+    x = tokens()
+    with torch.no_grad():
+        diff = (ours(x).last_hidden_state - reference(x).last_hidden_state).abs().max()
+    assert diff <= 1e-4
+
+
+def test_unsupported_models_and_inexpressible_configs_raise():
+    with pytest.raises(ValueError, match="supports"):
+        from_transformers(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="norm_position"):
+        to_transformers(causal_lm(norm_position="post"))
+
+
+# ---------------------------------------------------------------------------------- self-consistency
+ARCHITECTURES = {
+    "modern": {},
+    "classic": dict(
+        norm_type="layernorm",
+        norm_position="post",
+        position_embedding_type="learned",
+        mlp_type="plain",
+        hidden_act="gelu",
+        attention_bias=True,
+        mlp_bias=True,
+        embedding_norm=True,
+    ),
+    "sinusoidal": dict(position_embedding_type="sinusoidal", scale_embedding=True),
+    "mha": dict(num_key_value_heads=4),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_incremental_decoding_with_cache_equals_full_forward(arch):
+    model, x = causal_lm(**ARCHITECTURES[arch]), tokens(length=10)
+    with torch.no_grad():
+        full = model(x).logits
+        cache = DynamicCache(config=model.config)
+        prefix = model(x[:, :6], past_key_values=cache, use_cache=True)
+        steps = [prefix.logits]
+        for i in range(6, 10):
+            steps.append(model(x[:, i : i + 1], past_key_values=cache, use_cache=True).logits)
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+
+
+def test_forward_with_use_cache_returns_a_cache_that_continues_the_sequence():
+    model, x = causal_lm(), tokens(length=8)
+    with torch.no_grad():
+        first = model(x[:, :5], use_cache=True)
+        assert isinstance(first.past_key_values, DynamicCache)
+        rest = model(x[:, 5:], past_key_values=first.past_key_values).logits
+        assert torch.allclose(rest, model(x).logits[:, 5:], atol=1e-5)
+
+
+def test_no_cache_is_created_while_training():
+    model = causal_lm().train()
+    assert model(tokens(), use_cache=True).past_key_values is None
+
+
+def test_static_and_dynamic_caches_generate_the_same_tokens():
+    model, x = causal_lm(), tokens(length=5)
+    kwargs = dict(max_new_tokens=12, do_sample=False)
+    dynamic = model.generate(x, **kwargs)
+    static = model.generate(x, cache_implementation="static", **kwargs)
+    assert dynamic.shape == (2, 17)
+    assert torch.equal(dynamic, static)
+
+
+@pytest.mark.parametrize("arch", ["modern", "classic"])
+def test_left_padded_batch_generates_per_row_what_each_prompt_generates_alone(arch):
+    model = causal_lm(**ARCHITECTURES[arch])
+    prompts = [tokens(1, 7, seed=3)[0], tokens(1, 4, seed=4)[0]]
+    kwargs = dict(max_new_tokens=8, do_sample=False)
+    alone = [model.generate(p[None], **kwargs)[0, len(p) :] for p in prompts]
+    width = max(len(p) for p in prompts)
+    input_ids = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
+    attention_mask = (torch.arange(width)[None] >= torch.tensor([[width - len(p)] for p in prompts])).long()
+    batched = model.generate(input_ids, attention_mask=attention_mask, **kwargs)[:, width:]
+    for row, expected in zip(batched, alone):
+        assert torch.equal(row, expected)
+
+
+def test_right_padding_does_not_change_the_logits_of_real_tokens():
+    model, x = causal_lm(), tokens(length=9)
+    mask = torch.ones_like(x)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        padded = model(x, attention_mask=mask).logits
+        alone = model(x[1:, :6]).logits
+    assert torch.allclose(padded[1, :6], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex_attention"])
+def test_attention_backends_agree_with_eager(backend):
+    eager = causal_lm()
+    other = causal_lm()
+    eager.set_attn_implementation("eager")
+    other.set_attn_implementation(backend)
+    x = tokens(length=10)
+    mask = torch.ones_like(x)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        assert torch.allclose(eager(x).logits, other(x).logits, atol=1e-5)
+        # Pad positions attend to nothing and their outputs differ by kernel; real tokens must agree.
+        real = mask.bool()
+        padded = eager(x, attention_mask=mask).logits[real], other(x, attention_mask=mask).logits[real]
+        assert torch.allclose(*padded, atol=1e-5)
+
+
+def test_gradient_checkpointing_leaves_gradients_unchanged():
+    x = tokens(length=10)
+    grads = []
+    for checkpointing in (False, True):
+        model = causal_lm(hidden_dropout=0.0).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert all(layer.gradient_checkpointing for layer in model.model.layers)
+        model(x, labels=x).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("arch", ["modern", "classic"])
+def test_packed_batch_gives_per_sequence_logits_of_the_sequences_alone(arch):
+    model = causal_lm(**ARCHITECTURES[arch])
+    first, second = tokens(1, 7, seed=5), tokens(1, 5, seed=6)
+    packed = torch.cat([first, second], dim=1)
+    position_ids = torch.cat([torch.arange(7), torch.arange(5)])[None]
+    for training in (True, False):
+        model.train(training)
+        with torch.no_grad():
+            logits = model(packed, position_ids=position_ids).logits
+            alone = [model(first).logits, model(second).logits]
+        assert torch.allclose(logits[:, :7], alone[0], atol=1e-5)
+        assert torch.allclose(logits[:, 7:], alone[1], atol=1e-5)
+
+
+def test_hidden_states_attentions_and_tuple_outputs():
+    model, x = causal_lm(), tokens()
+    model.set_attn_implementation("eager")
+    out = model(x, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert torch.equal(out.hidden_states[0], model.model.embed_tokens(x))
+    assert len(out.attentions) == model.config.num_hidden_layers
+    assert out.attentions[0].shape == (2, 4, 12, 12)
+    as_tuple = model(x, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], out.logits)
+
+
+def test_logits_to_keep_returns_only_the_last_positions():
+    model, x = causal_lm(), tokens()
+    with torch.no_grad():
+        full, last = model(x).logits, model(x, logits_to_keep=1).logits
+    assert last.shape == (2, 1, 97)
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
+
+
+def test_learned_positions_beyond_the_maximum_raise_a_clear_error():
+    model = causal_lm(position_embedding_type="learned", max_position_embeddings=16)
+    with pytest.raises(ValueError, match="max_position_embeddings=16"):
+        model(tokens(1, 17))
+    assert model(tokens(1, 16)).logits.shape == (1, 16, 97)
