@@ -7,17 +7,15 @@ parameter-name rewrites. Nothing here is a second implementation of a model.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, PreTrainedModel
 
 from trilm.configuration import TrilmConfig, TrilmDecoderConfig
 
 from .decoder import TrilmDecoderForCausalLM, TrilmDecoderModel
-
-_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
 @dataclass
@@ -25,9 +23,28 @@ class Adapter:
     """How one transformers architecture maps onto a trilm family."""
 
     classes: dict[type[PreTrainedModel], type[PreTrainedModel]]  # transformers class -> trilm class
-    config_to_trilm: Callable[[object], TrilmConfig]
-    config_to_hf: Callable[[TrilmConfig], object]
+    hf_config_class: type
+    trilm_config_class: type[TrilmConfig]
+    same_fields: tuple[str, ...]  # config fields of the same name and meaning on both sides
+    renamed_fields: dict[str, str]  # transformers field -> trilm field
+    fixed: dict  # trilm config values the transformers architecture implies
     renames: list[tuple[str, str]] = field(default_factory=list)  # (transformers text, trilm text) in names
+
+    def config_to_trilm(self, config) -> TrilmConfig:
+        values = {name: getattr(config, name) for name in self.same_fields}
+        values |= {ours: getattr(config, theirs) for theirs, ours in self.renamed_fields.items()}
+        return self.trilm_config_class(**copy.deepcopy(values), **self.fixed)
+
+    def config_to_hf(self, config: TrilmConfig):
+        for name, value in self.fixed.items():
+            if getattr(config, name) != value:
+                raise ValueError(
+                    f"{self.hf_config_class.__name__} has no equivalent of {name}={getattr(config, name)!r}; "
+                    f"it needs {name}={value!r}."
+                )
+        values = {name: getattr(config, name) for name in self.same_fields}
+        values |= {theirs: getattr(config, ours) for theirs, ours in self.renamed_fields.items()}
+        return self.hf_config_class(**copy.deepcopy(values))
 
     def to_trilm_key(self, key: str) -> str:
         for hf_text, trilm_text in self.renames:
@@ -40,69 +57,39 @@ class Adapter:
         return key
 
 
-def _common(config, **extra) -> dict:
-    return {name: getattr(config, name) for name in _TOKEN_IDS} | extra
-
-
-# ----------------------------------------------------------------------------------------------- Llama
-def _llama_to_trilm(config: LlamaConfig) -> TrilmDecoderConfig:
-    return TrilmDecoderConfig(
-        **_common(
-            config,
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            num_key_value_heads=config.num_key_value_heads,
-            head_dim=config.head_dim,
-            hidden_act=config.hidden_act,
-            mlp_type="gated",
-            norm_type="rmsnorm",
-            norm_position="pre",
-            norm_eps=config.rms_norm_eps,
-            position_embedding_type="rope",
-            rope_parameters=dict(config.rope_parameters),
-            max_position_embeddings=config.max_position_embeddings,
-            attention_bias=config.attention_bias,
-            mlp_bias=config.mlp_bias,
-            attention_dropout=float(config.attention_dropout),
-            initializer_range=config.initializer_range,
-            tie_word_embeddings=config.tie_word_embeddings,
-        )
-    )
-
-
-def _trilm_to_llama(config: TrilmDecoderConfig) -> LlamaConfig:
-    expected = {"mlp_type": "gated", "norm_type": "rmsnorm", "norm_position": "pre", "position_embedding_type": "rope"}
-    _require(config, expected, "Llama", embedding_norm=False, scale_embedding=False)
-    return LlamaConfig(
-        **_common(
-            config,
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            num_key_value_heads=config.num_key_value_heads,
-            head_dim=config.head_dim,
-            hidden_act=config.hidden_act,
-            rms_norm_eps=config.norm_eps,
-            rope_parameters=dict(config.rope_parameters),
-            max_position_embeddings=config.max_position_embeddings,
-            attention_bias=config.attention_bias,
-            mlp_bias=config.mlp_bias,
-            attention_dropout=config.attention_dropout,
-            initializer_range=config.initializer_range,
-            tie_word_embeddings=config.tie_word_embeddings,
-        )
-    )
-
+_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 LLAMA = Adapter(
     classes={LlamaForCausalLM: TrilmDecoderForCausalLM, LlamaModel: TrilmDecoderModel},
-    config_to_trilm=_llama_to_trilm,
-    config_to_hf=_trilm_to_llama,
+    hf_config_class=LlamaConfig,
+    trilm_config_class=TrilmDecoderConfig,
+    same_fields=(
+        *_TOKEN_IDS,
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "hidden_act",
+        "rope_parameters",
+        "max_position_embeddings",
+        "attention_bias",
+        "mlp_bias",
+        "attention_dropout",
+        "initializer_range",
+        "tie_word_embeddings",
+    ),
+    renamed_fields={"rms_norm_eps": "norm_eps"},
+    fixed=dict(
+        mlp_type="gated",
+        norm_type="rmsnorm",
+        norm_position="pre",
+        position_embedding_type="rope",
+        embedding_norm=False,
+        scale_embedding=False,
+    ),
     renames=[
         (".input_layernorm.", ".self_attn_norm."),
         (".post_attention_layernorm.", ".mlp_norm."),
@@ -110,12 +97,6 @@ LLAMA = Adapter(
 )
 
 ADAPTERS = [LLAMA]
-
-
-def _require(config: TrilmConfig, expected: dict, target: str, **flags) -> None:
-    for name, value in {**expected, **flags}.items():
-        if getattr(config, name) != value:
-            raise ValueError(f"{target} has no equivalent of {name}={getattr(config, name)!r}; it needs {name}={value!r}.")
 
 
 def _convert(source: PreTrainedModel, target_class: type[PreTrainedModel], target_config, rename: Callable[[str], str]):
