@@ -5,7 +5,6 @@ Read top to bottom: norms, position embeddings, attention, MLP, the residual blo
 seq2seq) compose these; none of them defines attention, norms or MLPs of its own.
 """
 
-from __future__ import annotations
 
 import math
 from collections.abc import Callable
@@ -352,3 +351,82 @@ class TrilmPreTrainedModel(PreTrainedModel):
         if getattr(module, "writes_residual", False):
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(module.weight, mean=0.0, std=std)
+
+
+# ------------------------------------------------------------------------------------------- stack
+class TransformerStack(TrilmPreTrainedModel):
+    """The body of every trilm model: token embeddings, the blocks and (pre-norm) a final norm.
+
+    Families subclass it and write their own `forward`: they build the mask that fits them (causal,
+    bidirectional, cross) and call `embed` and `run`. Module names stay flat (`embed_tokens`, `layers`,
+    `norm`) so that tools looking for transformers' standard names find them."""
+
+    def __init__(
+        self,
+        config: TrilmConfig,
+        num_layers: int,
+        is_causal: bool,
+        has_cross_attention: bool = False,
+        num_token_types: int = 0,
+        embed_tokens: nn.Embedding | None = None,
+    ):
+        super().__init__(config)
+        if embed_tokens is None:
+            embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.embed_tokens = embed_tokens
+        self.embeddings = Embeddings(config, num_token_types)
+        self.rotary_emb = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
+        self.layers = nn.ModuleList(
+            [TransformerBlock(config, i, is_causal=is_causal, has_cross_attention=has_cross_attention) for i in range(num_layers)]
+        )
+        self.norm = make_norm(config) if config.norm_position == "pre" else None
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            self._check_token_ids(input_ids)
+            inputs_embeds = self.embed_tokens(input_ids)
+        return inputs_embeds
+
+    def _check_token_ids(self, input_ids: torch.Tensor) -> None:
+        if torch.compiler.is_compiling() or not input_ids.numel():
+            return
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= self.embed_tokens.num_embeddings:
+            raise ValueError(
+                f"input_ids hold token id {high if high >= 0 else low}, outside this model's vocabulary of "
+                f"{self.embed_tokens.num_embeddings} tokens: the tokenizer does not match the model "
+                "(use a tokenizer whose vocabulary fits config.vocab_size, or resize_token_embeddings)."
+            )
+
+    def run(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
+        **layer_kwargs,
+    ) -> torch.Tensor:
+        hidden_states = self.embeddings(inputs_embeds, position_ids, token_type_ids)
+        position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states,
+                attention_mask=attention_mask,
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                **layer_kwargs,
+            )
+        return self.norm(hidden_states) if self.norm is not None else hidden_states
+
+
+def default_position_ids(inputs_embeds: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
+    past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+    return (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens).unsqueeze(0)

@@ -1,7 +1,6 @@
 """Decoder-only (GPT/Llama-like) family: a causal stack of shared blocks, a language-model head, and a
 sequence-classification head that serves as a TRL reward model."""
 
-from __future__ import annotations
 
 import torch
 from torch import nn
@@ -20,7 +19,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from trilm.configuration import TrilmDecoderConfig
 
-from .blocks import Embeddings, RotaryEmbedding, TransformerBlock, TrilmPreTrainedModel, make_norm
+from .blocks import TransformerStack, TrilmPreTrainedModel, default_position_ids
 
 
 class TrilmDecoderPreTrainedModel(TrilmPreTrainedModel):
@@ -28,18 +27,11 @@ class TrilmDecoderPreTrainedModel(TrilmPreTrainedModel):
     config: TrilmDecoderConfig
 
 
-class TrilmDecoderModel(TrilmDecoderPreTrainedModel):
+class TrilmDecoderModel(TrilmDecoderPreTrainedModel, TransformerStack):
     """Token embeddings, causal blocks and a final norm (pre-norm only); returns the last hidden states."""
 
     def __init__(self, config: TrilmDecoderConfig):
-        super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.embeddings = Embeddings(config)
-        self.rotary_emb = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
-        self.layers = nn.ModuleList(
-            [TransformerBlock(config, layer_idx, is_causal=True) for layer_idx in range(config.num_hidden_layers)]
-        )
-        self.norm = make_norm(config) if config.norm_position == "pre" else None
+        super().__init__(config, num_layers=config.num_hidden_layers, is_causal=True)
         self.post_init()
 
     @merge_with_config_defaults
@@ -54,15 +46,9 @@ class TrilmDecoderModel(TrilmDecoderPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
+        inputs_embeds = self.embed(input_ids, inputs_embeds)
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
-            position_ids = position_ids.unsqueeze(0)
-
+            position_ids = default_position_ids(inputs_embeds, past_key_values)
         # The mask is built before any cache is created: without a cache, masking_utils recognises packed
         # sequences (position_ids restarting at 0, no attention mask) and keeps them from attending to each other.
         causal_mask = create_causal_mask(
@@ -74,20 +60,7 @@ class TrilmDecoderModel(TrilmDecoderPreTrainedModel):
         )
         if use_cache and past_key_values is None and not self.training:
             past_key_values = DynamicCache(config=self.config)
-
-        hidden_states = self.embeddings(inputs_embeds, position_ids)
-        position_embeddings = self.rotary_emb(hidden_states, position_ids) if self.rotary_emb is not None else None
-        for layer in self.layers:
-            hidden_states = layer(
-                hidden_states,
-                attention_mask=causal_mask,
-                position_embeddings=position_embeddings,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                **kwargs,
-            )
-        if self.norm is not None:
-            hidden_states = self.norm(hidden_states)
+        hidden_states = self.run(inputs_embeds, position_ids, causal_mask, past_key_values=past_key_values, **kwargs)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
 
 
