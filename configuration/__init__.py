@@ -1,5 +1,5 @@
 """trilm.configuration: one config vocabulary for the three model families."""
 
-from .configuration_trilm import TrilmConfig, TrilmDecoderConfig
+from .configuration_trilm import TrilmConfig, TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
 
-__all__ = ["TrilmConfig", "TrilmDecoderConfig"]
+__all__ = ["TrilmConfig", "TrilmDecoderConfig", "TrilmEncoderConfig", "TrilmSeq2SeqConfig"]

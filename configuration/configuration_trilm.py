@@ -187,3 +187,71 @@ class TrilmDecoderConfig(TrilmConfig):
         "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
         "norm": (["hidden_states"], ["hidden_states"]),
     }
+
+
+@strict
+class TrilmEncoderConfig(TrilmConfig):
+    """Encoder-only (BERT-like) model. Defaults like ModernBERT: pre-norm LayerNorm without bias, RoPE, gated
+    GELU, embedding norm. BERT is `norm_position="post"`, `position_embedding_type="learned"`,
+    `mlp_type="plain"`, `hidden_act="gelu"`, biases, `type_vocab_size=2`, `pooler_activation="tanh"`."""
+
+    model_type = "trilm_encoder"
+    auto_classes: ClassVar[dict[str, str]] = {
+        "AutoModel": "TrilmEncoderModel",
+        "AutoModelForMaskedLM": "TrilmEncoderForMaskedLM",
+        "AutoModelForSequenceClassification": "TrilmEncoderForSequenceClassification",
+        "AutoModelForTokenClassification": "TrilmEncoderForTokenClassification",
+        "AutoModelForQuestionAnswering": "TrilmEncoderForQuestionAnswering",
+    }
+
+    hidden_act: str = "gelu"
+    norm_type: str = "layernorm"
+    norm_bias: bool = False
+    embedding_norm: bool = True
+    type_vocab_size: int = 0
+    pooling: str = "cls"
+    pooler_activation: str | None = None
+    mask_token_id: int | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.pooling not in ("cls", "mean"):
+            raise _field_error("pooling", self.pooling, "allowed values are 'cls', 'mean'")
+        if self.pooler_activation is not None and self.pooler_activation not in ACT2FN:
+            raise _field_error("pooler_activation", self.pooler_activation, "use None or a key of ACT2FN, e.g. 'tanh'")
+        if self.type_vocab_size < 0:
+            raise _field_error("type_vocab_size", self.type_vocab_size, "it must be zero (no token types) or positive")
+
+    def extra_token_id_fields(self) -> tuple[str, ...]:
+        return ("mask_token_id",)
+
+
+@strict
+class TrilmSeq2SeqConfig(TrilmConfig):
+    """Encoder-decoder (T5/BART-like) model. `encoder_layers`/`decoder_layers` default to
+    `num_hidden_layers`, which then names the decoder's depth (what caches and `generate` read). BART is
+    post-norm LayerNorm, learned positions with `position_offset=2`, embedding norm, plain GELU MLP and biases."""
+
+    model_type = "trilm_seq2seq"
+    auto_classes: ClassVar[dict[str, str]] = {
+        "AutoModel": "TrilmSeq2SeqModel",
+        "AutoModelForSeq2SeqLM": "TrilmSeq2SeqForConditionalGeneration",
+    }
+
+    encoder_layers: int | None = None
+    decoder_layers: int | None = None
+    decoder_start_token_id: int | None = None
+    lm_head_bias: bool = False
+    is_encoder_decoder: bool = True
+
+    def __post_init__(self, **kwargs):
+        self.encoder_layers = self.encoder_layers or self.num_hidden_layers
+        self.decoder_layers = self.decoder_layers or self.num_hidden_layers
+        self.num_hidden_layers = self.decoder_layers
+        super().__post_init__(**kwargs)
+
+    def positive_int_fields(self) -> tuple[str, ...]:
+        return (*super().positive_int_fields(), "encoder_layers", "decoder_layers")
+
+    def extra_token_id_fields(self) -> tuple[str, ...]:
+        return ("decoder_start_token_id",)

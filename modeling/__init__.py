@@ -4,15 +4,39 @@ Importing this package registers every config and model class with transformers'
 PEFT default LoRA targets for each model type, so `LoraConfig()` needs no `target_modules`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
-from trilm.configuration import TrilmDecoderConfig
+from trilm.configuration import TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
 
 from .decoder import (
     TrilmDecoderForCausalLM,
     TrilmDecoderForSequenceClassification,
     TrilmDecoderModel,
     TrilmDecoderPreTrainedModel,
+)
+from .encoder import (
+    TrilmEncoderForMaskedLM,
+    TrilmEncoderForQuestionAnswering,
+    TrilmEncoderForSequenceClassification,
+    TrilmEncoderForTokenClassification,
+    TrilmEncoderModel,
+    TrilmEncoderPreTrainedModel,
+)
+from .seq2seq import (
+    TrilmSeq2SeqDecoder,
+    TrilmSeq2SeqEncoder,
+    TrilmSeq2SeqForConditionalGeneration,
+    TrilmSeq2SeqModel,
+    TrilmSeq2SeqPreTrainedModel,
 )
 
 # model_type -> (config class, {Auto class: model class})
@@ -25,10 +49,24 @@ _REGISTRY = {
             AutoModelForSequenceClassification: TrilmDecoderForSequenceClassification,
         },
     ),
+    "trilm_encoder": (
+        TrilmEncoderConfig,
+        {
+            AutoModel: TrilmEncoderModel,
+            AutoModelForMaskedLM: TrilmEncoderForMaskedLM,
+            AutoModelForSequenceClassification: TrilmEncoderForSequenceClassification,
+            AutoModelForTokenClassification: TrilmEncoderForTokenClassification,
+            AutoModelForQuestionAnswering: TrilmEncoderForQuestionAnswering,
+        },
+    ),
+    "trilm_seq2seq": (
+        TrilmSeq2SeqConfig,
+        {AutoModel: TrilmSeq2SeqModel, AutoModelForSeq2SeqLM: TrilmSeq2SeqForConditionalGeneration},
+    ),
 }
 
-# The modules PEFT wraps by default, as for Llama.
-LORA_TARGET_MODULES = {"trilm_decoder": ["q_proj", "v_proj"]}
+# The modules PEFT wraps by default, as for Llama, BERT (query/value) and BART (q_proj/v_proj).
+LORA_TARGET_MODULES = {model_type: ["q_proj", "v_proj"] for model_type in _REGISTRY}
 
 
 def _register() -> None:
@@ -49,6 +87,19 @@ _register()
 __all__ = [
     "LORA_TARGET_MODULES",
     "TrilmDecoderConfig",
+    "TrilmEncoderConfig",
+    "TrilmEncoderForMaskedLM",
+    "TrilmEncoderForQuestionAnswering",
+    "TrilmEncoderForSequenceClassification",
+    "TrilmEncoderForTokenClassification",
+    "TrilmEncoderModel",
+    "TrilmEncoderPreTrainedModel",
+    "TrilmSeq2SeqConfig",
+    "TrilmSeq2SeqDecoder",
+    "TrilmSeq2SeqEncoder",
+    "TrilmSeq2SeqForConditionalGeneration",
+    "TrilmSeq2SeqModel",
+    "TrilmSeq2SeqPreTrainedModel",
     "TrilmDecoderForCausalLM",
     "TrilmDecoderForSequenceClassification",
     "TrilmDecoderModel",

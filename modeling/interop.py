@@ -11,11 +11,33 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, PreTrainedModel
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    BartModel,
+    BertConfig,
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaModel,
+    PreTrainedModel,
+)
 
-from trilm.configuration import TrilmConfig, TrilmDecoderConfig
+from trilm.configuration import TrilmConfig, TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
 
 from .decoder import TrilmDecoderForCausalLM, TrilmDecoderModel
+from .encoder import (
+    TrilmEncoderForMaskedLM,
+    TrilmEncoderForQuestionAnswering,
+    TrilmEncoderForSequenceClassification,
+    TrilmEncoderForTokenClassification,
+    TrilmEncoderModel,
+)
+from .seq2seq import TrilmSeq2SeqForConditionalGeneration, TrilmSeq2SeqModel
 
 
 @dataclass
@@ -29,11 +51,15 @@ class Adapter:
     renamed_fields: dict[str, str]  # transformers field -> trilm field
     fixed: dict  # trilm config values the transformers architecture implies
     renames: list[tuple[str, str]] = field(default_factory=list)  # (transformers text, trilm text) in names
+    # trilm config values that depend on the transformers model (e.g. whether BERT has a pooler)
+    model_extras: Callable[[PreTrainedModel], dict] = lambda model: {}
+    # constructor arguments of the transformers class that depend on the trilm model
+    hf_init_kwargs: Callable[[PreTrainedModel, type], dict] = lambda model, hf_class: {}
 
-    def config_to_trilm(self, config) -> TrilmConfig:
-        values = {name: getattr(config, name) for name in self.same_fields}
+    def config_to_trilm(self, config, extras: dict | None = None) -> TrilmConfig:
+        values = {name: getattr(config, name, None) for name in self.same_fields}
         values |= {ours: getattr(config, theirs) for theirs, ours in self.renamed_fields.items()}
-        return self.trilm_config_class(**copy.deepcopy(values), **self.fixed)
+        return self.trilm_config_class(**copy.deepcopy(values), **self.fixed, **(extras or {}))
 
     def config_to_hf(self, config: TrilmConfig):
         for name, value in self.fixed.items():
@@ -96,39 +122,188 @@ LLAMA = Adapter(
     ],
 )
 
-ADAPTERS = [LLAMA]
+_TASK_FIELDS = ("id2label", "label2id", "problem_type")
 
 
-def _convert(source: PreTrainedModel, target_class: type[PreTrainedModel], target_config, rename: Callable[[str], str]):
+def _bert_extras(model: PreTrainedModel) -> dict:
+    base = getattr(model, "bert", model)
+    return {"pooler_activation": "tanh" if getattr(base, "pooler", None) is not None else None}
+
+
+BERT = Adapter(
+    classes={
+        BertForMaskedLM: TrilmEncoderForMaskedLM,
+        BertForSequenceClassification: TrilmEncoderForSequenceClassification,
+        BertForTokenClassification: TrilmEncoderForTokenClassification,
+        BertForQuestionAnswering: TrilmEncoderForQuestionAnswering,
+        BertModel: TrilmEncoderModel,
+    },
+    hf_config_class=BertConfig,
+    trilm_config_class=TrilmEncoderConfig,
+    same_fields=(
+        *_TOKEN_IDS,
+        *_TASK_FIELDS,
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "hidden_act",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "initializer_range",
+        "tie_word_embeddings",
+    ),
+    renamed_fields={
+        "layer_norm_eps": "norm_eps",
+        "hidden_dropout_prob": "hidden_dropout",
+        "attention_probs_dropout_prob": "attention_dropout",
+    },
+    fixed=dict(
+        norm_type="layernorm",
+        norm_bias=True,
+        norm_position="post",
+        position_embedding_type="learned",
+        position_offset=0,
+        mlp_type="plain",
+        attention_bias=True,
+        mlp_bias=True,
+        embedding_norm=True,
+        scale_embedding=False,
+        pooling="cls",
+    ),
+    renames=[
+        ("bert.", "model."),
+        ("embeddings.word_embeddings.", "embed_tokens."),
+        ("embeddings.position_embeddings.", "embeddings.embed_positions."),
+        ("embeddings.token_type_embeddings.", "embeddings.embed_token_types."),
+        ("embeddings.LayerNorm.", "embeddings.norm."),
+        ("encoder.layer.", "layers."),
+        (".attention.self.query.", ".self_attn.q_proj."),
+        (".attention.self.key.", ".self_attn.k_proj."),
+        (".attention.self.value.", ".self_attn.v_proj."),
+        (".attention.output.dense.", ".self_attn.o_proj."),
+        (".attention.output.LayerNorm.", ".self_attn_norm."),
+        (".intermediate.dense.", ".mlp.up_proj."),
+        (".output.dense.", ".mlp.down_proj."),
+        (".output.LayerNorm.", ".mlp_norm."),
+        ("pooler.dense.", "pooler."),
+        ("cls.predictions.transform.dense.", "head.dense."),
+        ("cls.predictions.transform.LayerNorm.", "head.norm."),
+        ("cls.predictions.decoder.", "lm_head."),
+        ("cls.predictions.bias", "lm_head.bias"),
+    ],
+    model_extras=_bert_extras,
+    hf_init_kwargs=lambda model, hf_class: (
+        {"add_pooling_layer": model.pooler is not None} if hf_class is BertModel else {}
+    ),
+)
+
+
+def _bart_extras(model: PreTrainedModel) -> dict:
+    config = model.config
+    for ours, theirs in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
+        if getattr(config, ours) != getattr(config, theirs):
+            raise ValueError(f"trilm's seq2seq model has one {ours.split('_', 1)[1]} for both stacks; this BART has {ours}={getattr(config, ours)} and {theirs}={getattr(config, theirs)}.")
+    return {"lm_head_bias": isinstance(model, BartForConditionalGeneration)}
+
+
+BART = Adapter(
+    classes={BartForConditionalGeneration: TrilmSeq2SeqForConditionalGeneration, BartModel: TrilmSeq2SeqModel},
+    hf_config_class=BartConfig,
+    trilm_config_class=TrilmSeq2SeqConfig,
+    same_fields=(
+        *_TOKEN_IDS,
+        *_TASK_FIELDS,
+        "decoder_start_token_id",
+        "vocab_size",
+        "encoder_layers",
+        "decoder_layers",
+        "max_position_embeddings",
+        "scale_embedding",
+        "attention_dropout",
+        "tie_word_embeddings",
+    ),
+    renamed_fields={
+        "d_model": "hidden_size",
+        "encoder_attention_heads": "num_attention_heads",
+        "decoder_attention_heads": "num_attention_heads",
+        "encoder_ffn_dim": "intermediate_size",
+        "decoder_ffn_dim": "intermediate_size",
+        "activation_function": "hidden_act",
+        "dropout": "hidden_dropout",
+        "init_std": "initializer_range",
+    },
+    fixed=dict(
+        norm_type="layernorm",
+        norm_bias=True,
+        norm_eps=1e-5,
+        norm_position="post",
+        position_embedding_type="learned",
+        position_offset=2,
+        mlp_type="plain",
+        attention_bias=True,
+        mlp_bias=True,
+        embedding_norm=True,
+    ),
+    renames=[
+        ("final_logits_bias", "lm_head.bias"),
+        (".out_proj.", ".o_proj."),
+        (".encoder_attn.", ".cross_attn."),
+        (".encoder_attn_layer_norm.", ".cross_attn_norm."),
+        (".self_attn_layer_norm.", ".self_attn_norm."),
+        (".fc1.", ".mlp.up_proj."),
+        (".fc2.", ".mlp.down_proj."),
+        (".final_layer_norm.", ".mlp_norm."),
+        ("coder.embed_positions.", "coder.embeddings.embed_positions."),
+        ("coder.layernorm_embedding.", "coder.embeddings.norm."),
+    ],
+    model_extras=_bart_extras,
+)
+
+ADAPTERS = [LLAMA, BERT, BART]
+
+
+def _convert(source: PreTrainedModel, target_class: type, target_config, rename: Callable[[str], str], **init_kwargs):
     target_config._attn_implementation = source.config._attn_implementation
-    dtype = next(source.parameters()).dtype
-    target = target_class(target_config).to(dtype)
-    state = {rename(k): v for k, v in source.state_dict().items()}
+    target = target_class(target_config, **init_kwargs).to(next(source.parameters()).dtype)
+    target_shapes = {k: v.shape for k, v in target.state_dict().items()}
+    state = {}
+    for key, value in source.state_dict().items():
+        key = rename(key)
+        # The same numbers may be laid out differently (BART's final_logits_bias is (1, vocab)).
+        shape = target_shapes.get(key)
+        state[key] = value.reshape(shape) if shape is not None and value.numel() == shape.numel() else value
     missing, unexpected = target.load_state_dict(state, strict=False)
     tied = set(target.get_expanded_tied_weights_keys(all_submodels=True))
-    missing = [k for k in missing if k not in tied]
+    optional = getattr(target, "_keys_to_ignore_on_load_missing", None) or []
+    missing = [k for k in missing if k not in tied and k not in optional]
     if missing or unexpected:
         raise ValueError(f"State dicts do not match: missing {missing}, unexpected {unexpected}.")
     if getattr(target_config, "tie_word_embeddings", False):
         target.tie_weights()
+    if getattr(source, "generation_config", None) is not None and getattr(target, "generation_config", None) is not None:
+        target.generation_config = copy.deepcopy(source.generation_config)
     return target.to(next(source.parameters()).device).train(source.training)
 
 
 def from_transformers(model: PreTrainedModel) -> PreTrainedModel:
-    """The trilm model computing the same function as a transformers `LlamaForCausalLM`/`LlamaModel`."""
+    """The trilm model computing the same function as a transformers Llama, BERT or BART model."""
     for adapter in ADAPTERS:
         for hf_class, trilm_class in adapter.classes.items():
             if type(model) is hf_class:
-                return _convert(model, trilm_class, adapter.config_to_trilm(model.config), adapter.to_trilm_key)
+                config = adapter.config_to_trilm(model.config, adapter.model_extras(model))
+                return _convert(model, trilm_class, config, adapter.to_trilm_key)
     supported = ", ".join(c.__name__ for a in ADAPTERS for c in a.classes)
     raise ValueError(f"from_transformers supports {supported}; got {type(model).__name__}.")
 
 
 def to_transformers(model: PreTrainedModel) -> PreTrainedModel:
-    """The transformers reference model (e.g. `LlamaForCausalLM`) computing the same function as a trilm model."""
+    """The transformers reference model (Llama, BERT, BART) computing the same function as a trilm model."""
     for adapter in ADAPTERS:
         for hf_class, trilm_class in adapter.classes.items():
             if type(model) is trilm_class:
-                return _convert(model, hf_class, adapter.config_to_hf(model.config), adapter.to_hf_key)
+                config = adapter.config_to_hf(model.config)
+                return _convert(model, hf_class, config, adapter.to_hf_key, **adapter.hf_init_kwargs(model, hf_class))
     supported = ", ".join(c.__name__ for a in ADAPTERS for c in a.classes.values())
     raise ValueError(f"to_transformers supports {supported}; got {type(model).__name__}.")
