@@ -238,7 +238,7 @@ class TrilmSeq2SeqForConditionalGeneration(TrilmSeq2SeqPreTrainedModel, Generati
                     "per decoder position (-100 for padding)."
                 )
             # Labels already line up with the logits (the decoder input is shifted instead): no shift here.
-            loss = ForMaskedLMLoss(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = ForMaskedLMLoss(logits, labels.contiguous(), vocab_size=self.config.vocab_size, **kwargs)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import trilm.modeling  # noqa: E402,F401  (registers the Auto classes)
-from trilm.configuration import TrilmDecoderConfig  # noqa: E402
+from trilm.configuration import TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -48,9 +48,39 @@ def tiny_decoder_config(**overrides) -> TrilmDecoderConfig:
     return TrilmDecoderConfig(**values)
 
 
-@pytest.fixture
-def decoder_config() -> TrilmDecoderConfig:
-    return tiny_decoder_config()
+def tiny_encoder_config(**overrides) -> TrilmEncoderConfig:
+    values = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        mask_token_id=4,
+    )
+    values.update(overrides)
+    return TrilmEncoderConfig(**values)
+
+
+def tiny_seq2seq_config(**overrides) -> TrilmSeq2SeqConfig:
+    values = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=0,
+    )
+    values.update(overrides)
+    return TrilmSeq2SeqConfig(**values)
 
 
 CORPUS = [
@@ -72,4 +102,32 @@ def word_tokenizer():
     backend.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["<pad>", "<s>", "</s>", "<unk>"]))
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="session")
+def wordpiece_tokenizer():
+    """A tiny BERT-style tokenizer built locally: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, pair templates."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.train_from_iterator(CORPUS * 3, trainers.WordPieceTrainer(vocab_size=97, special_tokens=specials))
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    from tokenizers import decoders
+
+    backend.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
