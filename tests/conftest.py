@@ -93,6 +93,10 @@ CORPUS = [
 
 @pytest.fixture(scope="session")
 def word_tokenizer():
+    return make_word_tokenizer()
+
+
+def make_word_tokenizer():
     """A tiny word-level tokenizer built locally with `tokenizers` (pad=0, bos=1, eos=2, distinct)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -107,6 +111,10 @@ def word_tokenizer():
 
 @pytest.fixture(scope="session")
 def wordpiece_tokenizer():
+    return make_wordpiece_tokenizer()
+
+
+def make_wordpiece_tokenizer():
     """A tiny BERT-style tokenizer built locally: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, pair templates."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
