@@ -8,7 +8,7 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlamaModel
 from trilm.modeling import TrilmDecoderForCausalLM, TrilmDecoderModel
 from trilm.modeling.interop import from_transformers, to_transformers
 
-from .conftest import tiny_decoder_config
+from .conftest import assert_checkpointing_keeps_gradients, tiny_decoder_config
 
 
 def llama(tie: bool, cls=LlamaForCausalLM):
@@ -178,17 +178,7 @@ def test_attention_backends_agree_with_eager(backend):
 
 def test_gradient_checkpointing_leaves_gradients_unchanged():
     x = tokens(length=10)
-    grads = []
-    for checkpointing in (False, True):
-        model = causal_lm(hidden_dropout=0.0).train()
-        if checkpointing:
-            model.activation_checkpointing_enable()
-            assert all(layer.gradient_checkpointing for layer in model.model.layers)
-        model(x, labels=x).loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+    assert_checkpointing_keeps_gradients(causal_lm, {"input_ids": x, "labels": x})
 
 
 @pytest.mark.parametrize("arch", ["modern", "classic"])

@@ -9,7 +9,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from trilm.modeling import TrilmSeq2SeqForConditionalGeneration, TrilmSeq2SeqModel
 from trilm.modeling.interop import from_transformers, to_transformers
 
-from .conftest import tiny_seq2seq_config
+from .conftest import assert_checkpointing_keeps_gradients, tiny_seq2seq_config
 
 SOURCE = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))
 SOURCE_MASK = torch.tensor([[1] * 9, [1] * 6 + [0] * 3])
@@ -120,16 +120,8 @@ def test_eager_and_sdpa_agree_and_checkpointing_keeps_gradients():
         a = eager(SOURCE, attention_mask=SOURCE_MASK, labels=TARGET).logits
         b = sdpa(SOURCE, attention_mask=SOURCE_MASK, labels=TARGET).logits
     assert torch.allclose(a, b, atol=1e-5)
-    grads = []
-    for checkpointing in (False, True):
-        model = seq2seq().train()
-        if checkpointing:
-            model.activation_checkpointing_enable()
-        model(SOURCE, attention_mask=SOURCE_MASK, labels=TARGET).loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+    batch = {"input_ids": SOURCE, "attention_mask": SOURCE_MASK, "labels": TARGET}
+    assert_checkpointing_keeps_gradients(seq2seq, batch)
 
 
 def test_beam_search_sampling_and_encoder_outputs_reuse_through_generate():
