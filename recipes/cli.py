@@ -7,8 +7,19 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import version
 
-# command name -> (one-line help, entry point taking the remaining argv). Recipes add themselves here.
-COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
+
+
+def _tokenizer(argv: list[str]) -> int:
+    from .tokenizer import main
+
+    return main(argv)
+
+
+# command name -> (one-line help, entry point taking the remaining argv); imports stay lazy so that
+# `trilm --help` is quick.
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "tokenizer": ("train a tokenizer on files or a dataset", _tokenizer),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("-"):
         parser.parse_args(argv or ["--help"])
         return 0
-    args, rest = parser.parse_known_args(argv[:1]), argv[1:]
+    args, rest = parser.parse_args(argv[:1]), argv[1:]
     return COMMANDS[args.command][1](rest)
 
 

@@ -1,0 +1,37 @@
+"""`--config FILE.yaml` plus `--key value` flags, parsed into the libraries' own argument dataclasses.
+
+The YAML gives the defaults, the flags override them (as in TRL's TrlParser and the alignment-handbook)."""
+
+import argparse
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+
+def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str) -> tuple:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(dataclass_types, prog=prog)
+    parser.add_argument("--config", help="YAML file whose keys give the defaults of the flags below")
+    if known.config:
+        parser.set_defaults(**load_yaml(known.config, parser))
+    *parsed, _ = parser.parse_args_into_dataclasses(args=rest + (["--config", known.config] if known.config else []))
+    return tuple(parsed)
+
+
+def load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
+    if not Path(path).is_file():
+        raise ValueError(f"Config file not found: {path}.")
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"Config file {path} is not valid YAML: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"Config file {path} must hold a mapping of argument names to values.")
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Config file {path} has unknown keys: {', '.join(unknown)}. Run with --help for the accepted ones.")
+    return values
