@@ -15,10 +15,17 @@ def _tokenizer(argv: list[str]) -> int:
     return main(argv)
 
 
+def _bench(argv: list[str]) -> int:
+    from .bench import main
+
+    return main(argv)
+
+
 # command name -> (one-line help, entry point taking the remaining argv); imports stay lazy so that
 # `trilm --help` is quick.
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "tokenizer": ("train a tokenizer on files or a dataset", _tokenizer),
+    "bench": ("time training and generation, optionally against transformers' reference", _bench),
 }
 
 

@@ -221,3 +221,20 @@ def test_learned_positions_beyond_the_maximum_raise_a_clear_error():
     with pytest.raises(ValueError, match="max_position_embeddings=16"):
         model(tokens(1, 17))
     assert model(tokens(1, 16)).logits.shape == (1, 16, 97)
+
+
+def test_bfloat16_on_cpu_runs_eager_attention_and_matches_float32_sdpa():
+    model = causal_lm()
+    x = tokens(length=10)
+    mask = torch.ones_like(x)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        reference = model(x, attention_mask=mask).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q = torch.zeros(1, 4, 2, 8, dtype=torch.bfloat16)
+            assert model.model.layers[0].self_attn._attention_interface(q).__name__ == "eager_attention_forward"
+            for kwargs in ({}, {"attention_mask": mask}):
+                logits = model(x, **kwargs).logits.float()
+                expected = reference if kwargs else model(x).logits
+                real = mask.bool() if kwargs else torch.ones_like(mask, dtype=torch.bool)
+                assert (logits[real] - expected[real]).abs().max() < 0.02
