@@ -95,14 +95,14 @@ def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
 
 def fold_sign(sin: torch.Tensor) -> torch.Tensor:
     """sin with its first half negated, so that rotate_half(x) * sin == x.roll(half) * fold_sign(sin).
-    Computed once per forward, it lets every layer rotate q and k together in four operations."""
+    Computed once per forward, it lets every layer rotate q and k in four operations each."""
     half = sin.shape[-1] // 2
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on x of shape (batch, seq, heads, head_dim), bit-identical to Llama's q * cos + rotate_half(q) * sin."""
-    cos, signed_sin = cos.unsqueeze(2), signed_sin.unsqueeze(2)
+    """RoPE on x of shape (batch, seq, heads, head_dim), bit-identical to Llama's q * cos + rotate_half(q) * sin;
+    cos and signed_sin have shape (batch, seq, 1, head_dim)."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
@@ -176,31 +176,26 @@ def is_plain_linear(module: nn.Module) -> bool:
     )
 
 
-def fused_linear(owner: nn.Module, names: tuple[str, ...], x: torch.Tensor) -> torch.Tensor:
-    """The outputs of `owner`'s linear layers `names` on the same input, concatenated, as one matmul.
+def project(owner: nn.Module, names: tuple[str, ...], x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of `owner`'s linear layers `names` on the same input.
 
-    The layers stay separate modules, so their names, state dict keys and PEFT targets do not change. They
-    are looked up on each call: while all are plain nn.Linear the fused path runs; once any is wrapped
-    (a LoRA adapter, say) or hooked, each runs on its own. In inference the concatenated weight is cached
-    on the owner and rebuilt whenever a weight changes."""
+    In training each layer runs on its own: their outputs stay contiguous, which the elementwise ops after
+    them need on CPU (on strided halves of one fused output they ran 3x slower, and the fused backward
+    concatenated full-size gradients). In inference, while all are plain nn.Linear, one matmul over their
+    concatenated weights serves them all (fewer ops per generated token); the concatenated weight is cached
+    on the owner and rebuilt whenever a weight changes. The layers stay separate modules either way, so
+    names, state dict keys and PEFT targets do not change, and a wrapped or hooked layer always runs itself."""
     linears = [getattr(owner, name) for name in names]
-    if not all(is_plain_linear(linear) for linear in linears):
-        return torch.cat([linear(x) for linear in linears], dim=-1)
-    tensors = [linear.weight for linear in linears] + [linear.bias for linear in linears if linear.bias is not None]
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        weight, bias = _concatenated(linears)
-    else:
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-        cache = owner.__dict__.setdefault("_fused_weights", {})
-        if cache.get(names, (None,))[0] != key:
-            cache[names] = (key, *_concatenated(linears))
-        weight, bias = cache[names][1:]
-    return nn.functional.linear(x, weight, bias)
-
-
-def _concatenated(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    biases = [linear.bias for linear in linears]
-    return torch.cat([linear.weight for linear in linears]), torch.cat(biases) if biases[0] is not None else None
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or not all(map(is_plain_linear, linears)):
+        return [linear(x) for linear in linears]
+    # The cache key is cheap on purpose: at decoding sizes, Python time per call is what counts.
+    key = [(linear.weight.data_ptr(), linear.weight._version, linear.bias._version if linear.bias is not None else 0) for linear in linears]
+    cache = owner.__dict__.get("_fused_weights")
+    if cache is None or cache[0] != key:
+        biases = [linear.bias for linear in linears]
+        bias = torch.cat(biases) if biases[0] is not None else None
+        cache = owner.__dict__["_fused_weights"] = (key, torch.cat([linear.weight for linear in linears]), bias, [l.out_features for l in linears])
+    return list(nn.functional.linear(x, cache[1], cache[2]).split(cache[3], dim=-1))
 
 
 # -------------------------------------------------------------------------------------------- attention
@@ -261,7 +256,6 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=config.attention_bias)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
         self.o_proj.writes_residual = True
-        self.num_heads, self.num_key_value_heads = config.num_attention_heads, config.num_key_value_heads
 
     def forward(
         self,
@@ -277,13 +271,13 @@ class Attention(nn.Module):
             query_states = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
             key_states, value_states = self._cross_key_values(key_value_states, past_key_values)
         else:
-            # One matmul for q, k and v; RoPE on q and k together: (batch, seq, heads, head_dim) until the kernel.
-            qkv = fused_linear(self, ("q_proj", "k_proj", "v_proj"), hidden_states).view(*input_shape, -1, self.head_dim)
-            rotary = self.num_heads + self.num_key_value_heads
-            qk = rotate(qkv[..., :rotary, :], *position_embeddings) if position_embeddings is not None else qkv[..., :rotary, :]
-            query_states = qk[..., : self.num_heads, :].transpose(1, 2)
-            key_states = qk[..., self.num_heads :, :].transpose(1, 2)
-            value_states = qkv[..., rotary:, :].transpose(1, 2)
+            # (batch, seq, heads, head_dim) while RoPE runs: contiguous, so its elementwise ops are fast.
+            query_states, key_states, value_states = (
+                t.view(*input_shape, -1, self.head_dim) for t in project(self, ("q_proj", "k_proj", "v_proj"), hidden_states)
+            )
+            if position_embeddings is not None:
+                query_states, key_states = rotate(query_states, *position_embeddings), rotate(key_states, *position_embeddings)
+            query_states, key_states, value_states = (t.transpose(1, 2) for t in (query_states, key_states, value_states))
             if past_key_values is not None:
                 cache = past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else past_key_values
                 key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
@@ -339,7 +333,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:
             return self.down_proj(self.act_fn(self.up_proj(x)))
-        gate, up = fused_linear(self, ("gate_proj", "up_proj"), x).chunk(2, dim=-1)
+        gate, up = project(self, ("gate_proj", "up_proj"), x)
         return self.down_proj(self.act_fn(gate) * up)
 
 
@@ -357,12 +351,13 @@ class TransformerBlock(GradientCheckpointingLayer):
         self.cross_attn_norm = make_norm(config) if has_cross_attention else None
         self.mlp = MLP(config)
         self.mlp_norm = make_norm(config)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
 
     def _residual(self, norm: nn.Module, sublayer: Callable, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.pre_norm:
-            return hidden_states + self.dropout(sublayer(norm(hidden_states)))
-        return norm(hidden_states + self.dropout(sublayer(hidden_states)))
+        output = sublayer(norm(hidden_states) if self.pre_norm else hidden_states)
+        if self.dropout is not None:
+            output = self.dropout(output)
+        return hidden_states + output if self.pre_norm else norm(hidden_states + output)
 
     def forward(
         self,
@@ -486,7 +481,7 @@ class TransformerStack(TrilmPreTrainedModel):
         position_embeddings = None
         if self.rotary_emb is not None:
             cos, sin = self.rotary_emb(hidden_states, position_ids)
-            position_embeddings = (cos, fold_sign(sin))
+            position_embeddings = (cos.unsqueeze(2), fold_sign(sin).unsqueeze(2))
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
