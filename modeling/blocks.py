@@ -82,20 +82,9 @@ class RotaryEmbedding(nn.Module):
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
-    """Llama's formulation, for callers holding separate q and k (the blocks use `rotate` below)."""
-    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
-
-
 def fold_sign(sin: torch.Tensor) -> torch.Tensor:
-    """sin with its first half negated, so that rotate_half(x) * sin == x.roll(half) * fold_sign(sin).
-    Computed once per forward, it lets every layer rotate q and k in four operations each."""
+    """sin with its first half negated, so that Llama's rotate_half(x) * sin == x.roll(half) * fold_sign(sin).
+    Computed once per forward, it lets every layer rotate q and k in four operations each (Llama: seven)."""
     half = sin.shape[-1] // 2
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
 
@@ -162,40 +151,6 @@ class Embeddings(nn.Module):
                 f"for max_position_embeddings={limit} positions. Truncate the input to {limit} tokens "
                 f"(e.g. tokenizer(..., truncation=True, max_length={limit}))."
             )
-
-
-# ------------------------------------------------------------------------------------- fused linears
-def is_plain_linear(module: nn.Module) -> bool:
-    """An nn.Linear that nothing wraps or hooks (no PEFT adapter, quantisation, tensor-parallel or user hook),
-    so its weight may be used directly."""
-    return (
-        type(module) is nn.Linear
-        and not module._forward_hooks
-        and not module._forward_pre_hooks
-        and type(module.weight) is nn.Parameter
-    )
-
-
-def project(owner: nn.Module, names: tuple[str, ...], x: torch.Tensor) -> list[torch.Tensor]:
-    """The outputs of `owner`'s linear layers `names` on the same input.
-
-    In training each layer runs on its own: their outputs stay contiguous, which the elementwise ops after
-    them need on CPU (on strided halves of one fused output they ran 3x slower, and the fused backward
-    concatenated full-size gradients). In inference, while all are plain nn.Linear, one matmul over their
-    concatenated weights serves them all (fewer ops per generated token); the concatenated weight is cached
-    on the owner and rebuilt whenever a weight changes. The layers stay separate modules either way, so
-    names, state dict keys and PEFT targets do not change, and a wrapped or hooked layer always runs itself."""
-    linears = [getattr(owner, name) for name in names]
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or not all(map(is_plain_linear, linears)):
-        return [linear(x) for linear in linears]
-    # The cache key is cheap on purpose: at decoding sizes, Python time per call is what counts.
-    key = [(linear.weight.data_ptr(), linear.weight._version, linear.bias._version if linear.bias is not None else 0) for linear in linears]
-    cache = owner.__dict__.get("_fused_weights")
-    if cache is None or cache[0] != key:
-        biases = [linear.bias for linear in linears]
-        bias = torch.cat(biases) if biases[0] is not None else None
-        cache = owner.__dict__["_fused_weights"] = (key, torch.cat([linear.weight for linear in linears]), bias, [l.out_features for l in linears])
-    return list(nn.functional.linear(x, cache[1], cache[2]).split(cache[3], dim=-1))
 
 
 # -------------------------------------------------------------------------------------------- attention
@@ -273,7 +228,7 @@ class Attention(nn.Module):
         else:
             # (batch, seq, heads, head_dim) while RoPE runs: contiguous, so its elementwise ops are fast.
             query_states, key_states, value_states = (
-                t.view(*input_shape, -1, self.head_dim) for t in project(self, ("q_proj", "k_proj", "v_proj"), hidden_states)
+                proj(hidden_states).view(*input_shape, -1, self.head_dim) for proj in (self.q_proj, self.k_proj, self.v_proj)
             )
             if position_embeddings is not None:
                 query_states, key_states = rotate(query_states, *position_embeddings), rotate(key_states, *position_embeddings)
@@ -333,8 +288,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_proj is None:
             return self.down_proj(self.act_fn(self.up_proj(x)))
-        gate, up = project(self, ("gate_proj", "up_proj"), x)
-        return self.down_proj(self.act_fn(gate) * up)
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 # ------------------------------------------------------------------------------------- residual block
