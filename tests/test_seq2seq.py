@@ -112,14 +112,20 @@ def test_encoder_padding_does_not_change_the_outputs(arch):
     assert torch.allclose(padded.logits[1], alone.logits[0], atol=1e-5)
 
 
-def test_eager_and_sdpa_agree_and_checkpointing_keeps_gradients():
-    eager, sdpa = seq2seq(), seq2seq()
+@pytest.mark.parametrize("backend", ["sdpa", "flex_attention"])
+def test_attention_backends_agree_with_eager(backend):
+    eager, other = seq2seq(), seq2seq()
     eager.set_attn_implementation("eager")
-    sdpa.set_attn_implementation("sdpa")
+    other.set_attn_implementation(backend)
     with torch.no_grad():
         a = eager(SOURCE, attention_mask=SOURCE_MASK, labels=TARGET).logits
-        b = sdpa(SOURCE, attention_mask=SOURCE_MASK, labels=TARGET).logits
+        b = other(SOURCE, attention_mask=SOURCE_MASK, labels=TARGET).logits
     assert torch.allclose(a, b, atol=1e-5)
+    kwargs = dict(attention_mask=SOURCE_MASK, max_new_tokens=5, do_sample=False)
+    assert torch.equal(eager.generate(SOURCE, **kwargs), other.generate(SOURCE, **kwargs))
+
+
+def test_checkpointing_keeps_gradients():
     batch = {"input_ids": SOURCE, "attention_mask": SOURCE_MASK, "labels": TARGET}
     assert_checkpointing_keeps_gradients(seq2seq, batch)
 
