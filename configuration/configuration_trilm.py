@@ -212,6 +212,9 @@ class TrilmEncoderConfig(TrilmConfig):
     pooling: str = "cls"
     pooler_activation: str | None = None
     mask_token_id: int | None = None
+    # ModernBERT's sparse prediction: in training, run the MLM head and loss on labelled positions only
+    # (the same loss, a fraction of the vocabulary projection); logits then hold those rows only.
+    sparse_prediction: bool = False
 
     def check(self) -> None:
         super().check()

@@ -106,10 +106,15 @@ class TrilmEncoderForMaskedLM(TrilmEncoderPreTrainedModel):
         **kwargs,
     ) -> MaskedLMOutput:
         outputs = self.model(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
-        logits = self.lm_head(self.head(outputs.last_hidden_state))
+        hidden_states = outputs.last_hidden_state
+        if labels is not None:
+            check_labels_shape(labels, hidden_states.shape[:2], "labels", "(batch, sequence) token ids, -100 where not masked")
+            if self.config.sparse_prediction and self.training:
+                labelled = labels != -100
+                hidden_states, labels = hidden_states[labelled], labels[labelled]
+        logits = self.lm_head(self.head(hidden_states))
         loss = None
         if labels is not None:
-            check_labels_shape(labels, logits.shape[:2], "labels", "(batch, sequence) token ids, -100 where not masked")
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 

@@ -234,3 +234,19 @@ def test_every_head_round_trips_through_its_auto_class(tmp_path, cls):
     assert half(X)[0].dtype == torch.bfloat16
     if cls is TrilmEncoderForMaskedLM:
         assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+
+
+def test_sparse_prediction_gives_the_same_loss_and_gradients_in_training():
+    labels = torch.where(torch.rand(2, 9, generator=torch.Generator().manual_seed(2)) < 0.3, X, -100)
+    results = []
+    for sparse in (False, True):
+        model = encoder(TrilmEncoderForMaskedLM, sparse_prediction=sparse).train()
+        out = model(X, attention_mask=MASK, labels=labels)
+        out.loss.backward()
+        results.append((out, model.model.embed_tokens.weight.grad.clone()))
+    (dense, dense_grad), (sparse, sparse_grad) = results
+    assert torch.allclose(dense.loss, sparse.loss, atol=1e-6)
+    assert torch.allclose(dense_grad, sparse_grad, atol=1e-6)
+    assert dense.logits.shape == (2, 9, 97) and sparse.logits.shape == (int((labels != -100).sum()), 97)
+    model = encoder(TrilmEncoderForMaskedLM, sparse_prediction=True).eval()  # inference keeps every position
+    assert model(X, labels=labels).logits.shape == (2, 9, 97)
