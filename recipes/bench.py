@@ -214,7 +214,7 @@ def bench_train(models: dict, args: BenchArguments, device) -> dict:
     batch = training_batch(args.family, config, args.batch_size, args.seq_len, device, args.seed)
     for model in models.values():
         model.train()
-    flops = step_flops(models["trilm"], batch, args, device)
+    flops = {name: step_flops(model, batch, args, device) for name, model in models.items()}
     peak = matmul_peak(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32, device)
     steps = {name: train_step_fn(model, batch, args, device) for name, model in models.items()}
     memory = {}
@@ -225,13 +225,14 @@ def bench_train(models: dict, args: BenchArguments, device) -> dict:
         memory[name] = tracker.peak_bytes
     timing = interleaved(steps, args.warmup, args.rounds, args.min_round_seconds, device)
     tokens = args.batch_size * args.seq_len * (2 if args.family == "seq2seq" else 1)
-    result = {"flops_per_step": flops, "matmul_peak_flops": peak, "tokens_per_step": tokens}
+    result = {"flops_per_step": flops["trilm"], "matmul_peak_flops": peak, "tokens_per_step": tokens}
     for name in models:
         seconds = timing[name]["median_s"]
         result[name] = {
             "ms_per_step": seconds * 1e3,
             "tokens_per_s": tokens / seconds,
-            "mfu": flops / seconds / peak,
+            "flops_per_step": flops[name],  # each model's own: they may differ (sparse prediction)
+            "mfu": flops[name] / seconds / peak,
             "peak_memory_mb": memory[name] / 2**20,
             "rounds_ms": [t * 1e3 for t in timing[name]["rounds_s"]],
         }
