@@ -104,7 +104,7 @@ class TrilmConfig(PreTrainedConfig):
             if getattr(self, name) not in allowed:
                 raise _field_error(name, getattr(self, name), f"allowed values are {', '.join(map(repr, allowed))}")
         if self.hidden_act not in ACT2FN:
-            raise _field_error("hidden_act", self.hidden_act, f"allowed values are the keys of transformers' ACT2FN, e.g. 'silu', 'gelu'")
+            raise _field_error("hidden_act", self.hidden_act, "allowed values are the keys of transformers' ACT2FN, e.g. 'silu', 'gelu'")
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise _field_error(
                 "hidden_size",

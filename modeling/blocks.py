@@ -415,7 +415,7 @@ class TransformerStack(TrilmPreTrainedModel):
     def _check_token_ids(self, input_ids: torch.Tensor) -> None:
         if torch.compiler.is_compiling() or not input_ids.numel():
             return
-        low, high = int(input_ids.min()), int(input_ids.max())
+        low, high = (int(v) for v in torch.aminmax(input_ids))
         if low < 0 or high >= self.embed_tokens.num_embeddings:
             raise ValueError(
                 f"input_ids hold token id {high if high >= 0 else low}, outside this model's vocabulary of "

@@ -258,7 +258,7 @@ def bench_generate(models: dict, args: BenchArguments, device) -> dict:
         generator = torch.Generator().manual_seed(args.seed)
         prompt = torch.randint(5 if config.vocab_size > 10 else 0, config.vocab_size, (batch_size, args.prompt_len), generator=generator).to(device)
         runners = {
-            name: (lambda m=model: m.generate(prompt, attention_mask=torch.ones_like(prompt), pad_token_id=config.pad_token_id or 0, **kwargs))
+            name: (lambda m=model, p=prompt: m.generate(p, attention_mask=torch.ones_like(p), pad_token_id=config.pad_token_id or 0, **kwargs))
             for name, model in models.items()
         }
         with torch.no_grad():

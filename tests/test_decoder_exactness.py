@@ -238,3 +238,10 @@ def test_bfloat16_on_cpu_runs_eager_attention_and_matches_float32_sdpa():
                 expected = reference if kwargs else model(x).logits
                 real = mask.bool() if kwargs else torch.ones_like(mask, dtype=torch.bool)
                 assert (logits[real] - expected[real]).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("bad_id", [97, 500, -1])
+def test_token_ids_outside_the_vocabulary_raise_a_clear_error(bad_id):
+    model = causal_lm()
+    with pytest.raises(ValueError, match="outside this model's vocabulary of 97 tokens"):
+        model(torch.tensor([[5, bad_id, 7]]))
