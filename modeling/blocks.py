@@ -1,10 +1,10 @@
 """Building blocks shared by the three trilm families, chosen by config.
 
-Read top to bottom: norms, position embeddings, attention, MLP, the residual block, and the
-`PreTrainedModel` base with its capability flags and weight init. The family files (decoder, encoder,
-seq2seq) compose these; none of them defines attention, norms or MLPs of its own.
+Read top to bottom: norms, position embeddings, attention, MLP, the residual block, the
+`PreTrainedModel` base with its capability flags and weight init, and `TransformerStack`, the body every
+family's model is made of. The family files (decoder, encoder, seq2seq) compose these; none of them
+defines attention, norms or MLPs of its own.
 """
-
 
 import math
 from collections.abc import Callable

@@ -1,7 +1,6 @@
 """Decoder-only (GPT/Llama-like) family: a causal stack of shared blocks, a language-model head, and a
 sequence-classification head that serves as a TRL reward model."""
 
-
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
