@@ -289,6 +289,12 @@ def run(args: BenchArguments) -> dict:
     if args.mode in ("train", "both"):
         report["train"] = bench_train(models, args, device)
     if args.mode in ("generate", "both") and args.family != "encoder":
+        if "train" in report and "reference" in models:
+            # Each model trained with its own optimizer and drifted by float noise: compare generation
+            # on identical weights again.
+            from trilm.modeling.interop import to_transformers
+
+            models["reference"] = to_transformers(models["trilm"])
         report["generate"] = bench_generate(models, args, device)
     print_table(report)
     output = Path(args.output or f"runs/bench-{args.family}.json")
