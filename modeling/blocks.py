@@ -450,3 +450,9 @@ class TransformerStack(TrilmPreTrainedModel):
 def default_position_ids(inputs_embeds: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
     past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
     return (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens).unsqueeze(0)
+
+
+def check_labels_shape(labels: torch.Tensor, expected: tuple, meaning: str) -> None:
+    """The `ValueError` every head raises for `labels` of the wrong shape, saying what they should hold."""
+    if tuple(labels.shape) != tuple(expected):
+        raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(expected)}: {meaning}.")

@@ -19,7 +19,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from trilm.configuration import TrilmEncoderConfig
 
-from .blocks import TransformerStack, TrilmPreTrainedModel, default_position_ids, make_norm
+from .blocks import TransformerStack, TrilmPreTrainedModel, check_labels_shape, default_position_ids, make_norm
 
 
 class TrilmEncoderPreTrainedModel(TrilmPreTrainedModel):
@@ -108,7 +108,7 @@ class TrilmEncoderForMaskedLM(TrilmEncoderPreTrainedModel):
         outputs = self.model(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
         hidden_states = outputs.last_hidden_state
         if labels is not None:
-            check_labels_shape(labels, hidden_states.shape[:2], "labels", "(batch, sequence) token ids, -100 where not masked")
+            check_labels_shape(labels, hidden_states.shape[:2], "(batch, sequence) token ids, -100 where not masked")
             if self.config.sparse_prediction and self.training:
                 labelled = labels != -100
                 hidden_states, labels = hidden_states[labelled], labels[labelled]
@@ -176,7 +176,7 @@ class TrilmEncoderForTokenClassification(TrilmEncoderPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            check_labels_shape(labels, logits.shape[:2], "labels", "(batch, sequence) label ids, -100 to ignore a token")
+            check_labels_shape(labels, logits.shape[:2], "(batch, sequence) label ids, -100 to ignore a token")
             loss = self.loss_function(logits=logits, labels=labels, config=self.config)
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
@@ -220,11 +220,6 @@ class TrilmEncoderForQuestionAnswering(TrilmEncoderPreTrainedModel):
 
 
 # ------------------------------------------------------------------------------------- label checks
-def check_labels_shape(labels: torch.Tensor, expected: tuple, name: str, meaning: str) -> None:
-    if tuple(labels.shape) != tuple(expected):
-        raise ValueError(f"{name} has shape {tuple(labels.shape)}, expected {tuple(expected)}: {meaning}.")
-
-
 def check_classification_labels(labels: torch.Tensor, logits: torch.Tensor, config: TrilmEncoderConfig) -> None:
     batch, num_labels = logits.shape
     problem = config.problem_type
@@ -232,12 +227,12 @@ def check_classification_labels(labels: torch.Tensor, logits: torch.Tensor, conf
         multi = num_labels > 1 and labels.dtype not in (torch.long, torch.int)
         problem = "regression" if num_labels == 1 else "multi_label_classification" if multi else "single_label_classification"
     if problem == "multi_label_classification":
-        check_labels_shape(labels, (batch, num_labels), "labels", "multi-label classification takes a 0/1 float row per example")
+        check_labels_shape(labels, (batch, num_labels), "multi-label classification takes a 0/1 float row per example")
     elif problem == "single_label_classification" or num_labels == 1:
         if labels.shape not in ((batch,), (batch, 1)):
             raise ValueError(f"labels has shape {tuple(labels.shape)}, expected ({batch},): one {problem} target per example.")
     else:
-        check_labels_shape(labels, (batch, num_labels), "labels", "regression with several outputs takes a float row per example")
+        check_labels_shape(labels, (batch, num_labels), "regression with several outputs takes a float row per example")
 
 
 def check_positions(name: str, positions: torch.Tensor, batch_size: int, length: int) -> None:

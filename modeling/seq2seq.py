@@ -21,7 +21,14 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from trilm.configuration import TrilmSeq2SeqConfig
 
-from .blocks import Attention, TransformerBlock, TransformerStack, TrilmPreTrainedModel, default_position_ids
+from .blocks import (
+    Attention,
+    TransformerBlock,
+    TransformerStack,
+    TrilmPreTrainedModel,
+    check_labels_shape,
+    default_position_ids,
+)
 
 
 class TrilmSeq2SeqPreTrainedModel(TrilmPreTrainedModel):
@@ -232,11 +239,7 @@ class TrilmSeq2SeqForConditionalGeneration(TrilmSeq2SeqPreTrainedModel, Generati
         logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(
-                    f"labels has shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])}: one target token "
-                    "per decoder position (-100 for padding)."
-                )
+            check_labels_shape(labels, logits.shape[:2], "one target token per decoder position (-100 for padding)")
             # Labels already line up with the logits (the decoder input is shifted instead): no shift here.
             loss = ForMaskedLMLoss(logits, labels.contiguous(), vocab_size=self.config.vocab_size, **kwargs)
         return Seq2SeqLMOutput(

@@ -130,11 +130,14 @@ def interleaved(runners: dict, warmup: int, rounds: int, min_round_seconds: floa
     return result
 
 
+def training_autocast(args: BenchArguments, device):
+    """bfloat16 training runs under autocast with float32 weights; float32 needs no context."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16" else nullcontext()
+
+
 def train_step_fn(model, batch, args: BenchArguments, device):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16" else nullcontext()
-    )
+    autocast = training_autocast(args, device)
     forward = torch.compile(model) if args.compile else model
 
     def step():
@@ -149,7 +152,7 @@ def train_step_fn(model, batch, args: BenchArguments, device):
 
 def step_flops(model, batch, args: BenchArguments, device) -> int:
     """Model FLOPs of one forward + backward, counted by torch's FlopCounterMode (matmuls and attention)."""
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16" else nullcontext()
+    autocast = training_autocast(args, device)
     counter = FlopCounterMode(display=False)
     with counter:
         with autocast:

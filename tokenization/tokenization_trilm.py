@@ -6,6 +6,7 @@ an iterator of strings or a `datasets.Dataset` column, and returns a `TrilmToken
 special tokens, post-processor and (decoder) chat template.
 """
 
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -202,13 +203,8 @@ def _nonempty_texts(source, text_column: str, max_chars: int | None) -> Iterator
     texts = iter(_capped(_texts(source, text_column), max_chars))
     for text in texts:
         if text.strip():
-            return _chain(text, texts)
+            return itertools.chain((text,), texts)
     raise ValueError("The corpus is empty: the source holds no text to train a tokenizer on.")
-
-
-def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest
 
 
 def _texts(source, text_column: str) -> Iterable[str]:
