@@ -22,6 +22,8 @@ from transformers.utils.output_capturing import OutputRecorder
 
 from trilm.configuration import TrilmConfig
 
+from .losses import LOSSES
+
 
 # --------------------------------------------------------------------------------------------- norms
 class RMSNorm(nn.Module):
@@ -360,6 +362,18 @@ class TrilmPreTrainedModel(PreTrainedModel):
         "hidden_states": TransformerBlock,
         "attentions": OutputRecorder(Attention, index=1, layer_name="self_attn"),
     }
+
+    @property
+    def loss_function(self) -> Callable:
+        """transformers' loss for this head's `loss_type`, with trilm's blockwise cross-entropy for the
+        language-model losses (`modeling/losses.py`); a loss set by the user (`model.loss_function = f`) wins."""
+        if "_loss_function" not in self.__dict__ and self.loss_type in LOSSES:
+            return LOSSES[self.loss_type]
+        return super().loss_function
+
+    @loss_function.setter
+    def loss_function(self, value: Callable) -> None:
+        self._loss_function = value
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

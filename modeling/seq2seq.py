@@ -6,7 +6,6 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.generation import GenerationMixin
-from transformers.loss.loss_utils import ForMaskedLMLoss
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -29,6 +28,7 @@ from .blocks import (
     check_labels_shape,
     default_position_ids,
 )
+from .losses import masked_lm_loss
 
 
 class TrilmSeq2SeqPreTrainedModel(TrilmPreTrainedModel):
@@ -241,7 +241,7 @@ class TrilmSeq2SeqForConditionalGeneration(TrilmSeq2SeqPreTrainedModel, Generati
         if labels is not None:
             check_labels_shape(labels, logits.shape[:2], "one target token per decoder position (-100 for padding)")
             # Labels already line up with the logits (the decoder input is shifted instead): no shift here.
-            loss = ForMaskedLMLoss(logits, labels.contiguous(), vocab_size=self.config.vocab_size, **kwargs)
+            loss = masked_lm_loss(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

@@ -21,6 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .args import parse_args
+from .runtime import tune_cpu_allocator
 
 FAMILIES = ("decoder", "encoder", "seq2seq")
 
@@ -33,6 +34,9 @@ class BenchArguments:
     dtype: str = field(default="float32", metadata={"help": "float32, or bfloat16 (autocast for training, weights for generation)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the training step; static cache + compile for generation"})
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's choice)"})
+    tune_allocator: bool = field(
+        default=True, metadata={"help": "on CPU, keep freed memory in the heap (trilm.recipes.runtime.tune_cpu_allocator), for both models"}
+    )
     device: str | None = field(default=None, metadata={"help": "cpu or cuda (default: cuda when available)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     seq_len: int = field(default=128, metadata={"help": "training sequence length (source and target for seq2seq)"})
@@ -221,11 +225,16 @@ def bench_train(models: dict, args: BenchArguments, device) -> dict:
     peak = matmul_peak(torch.bfloat16 if args.dtype == "bfloat16" else torch.float32, device)
     steps = {name: train_step_fn(model, batch, args, device) for name, model in models.items()}
     memory = {}
+    tune_allocator = device.type == "cpu" and args.tune_allocator
+    if tune_allocator:
+        tune_cpu_allocator(False)  # RSS growth shows a step's peak only while freed memory goes back to the OS
     for name, step in steps.items():
         step()  # optimizer state exists before the measured step
         with PeakMemory(device) as tracker:
             step()
         memory[name] = tracker.peak_bytes
+    if tune_allocator:
+        tune_cpu_allocator()
     timing = interleaved(steps, args.warmup, args.rounds, args.min_round_seconds, device)
     tokens = args.batch_size * args.seq_len * (2 if args.family == "seq2seq" else 1)
     result = {"flops_per_step": flops["trilm"], "matmul_peak_flops": peak, "tokens_per_step": tokens}
@@ -249,6 +258,8 @@ def bench_generate(models: dict, args: BenchArguments, device) -> dict:
 
     config = models["trilm"].config
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    if device.type == "cpu" and args.tune_allocator:
+        tune_cpu_allocator()
     for model in models.values():
         model.eval().to(dtype)
     kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, use_cache=True)
@@ -285,6 +296,7 @@ def run(args: BenchArguments) -> dict:
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "cpu_allocator_tuned": device.type == "cpu" and args.tune_allocator and tune_cpu_allocator(),
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in models["trilm"].parameters()),
         "arguments": asdict(args),
@@ -309,7 +321,11 @@ def run(args: BenchArguments) -> dict:
 
 def print_table(report: dict) -> None:
     args = report["arguments"]
-    print(f"trilm bench | {args['family']} | {report['parameters'] / 1e6:.2f}M params | {args['dtype']} | {report['device']} | compile={args['compile']}")
+    allocator = " | allocator tuned" if report.get("cpu_allocator_tuned") else ""
+    print(
+        f"trilm bench | {args['family']} | {report['parameters'] / 1e6:.2f}M params | {args['dtype']} | {report['device']} "
+        f"| compile={args['compile']}{allocator}"
+    )
     if "train" in report:
         train = report["train"]
         print(f"train step, batch {args['batch_size']} x {args['seq_len']} tokens; matmul peak {train['matmul_peak_flops'] / 1e9:.1f} GFLOP/s")

@@ -2,11 +2,13 @@
 for. (Speed itself is measured by running the bench, never asserted in tests.)"""
 
 import json
+import sys
 
 import pytest
 import yaml
 
 from trilm.recipes.cli import main as trilm
+from trilm.recipes.runtime import tune_cpu_allocator
 
 from .conftest import TINY
 
@@ -37,6 +39,7 @@ def test_bench_compares_with_the_reference_and_writes_json(tmp_path, capsys, fam
     argv = ["bench", "--config", preset(tmp_path, family), "--compare", "true", "--output", str(output), *QUICK]
     assert trilm([*argv, "--generate_batch_sizes", "1", "2"]) == 0
     report = json.loads(output.read_text())
+    assert report["cpu_allocator_tuned"] is sys.platform.startswith("linux")  # default --tune_allocator true
     train = report["train"]
     assert train["flops_per_step"] > 0 and train["matmul_peak_flops"] > 0
     for name in ("trilm", "reference"):
@@ -68,3 +71,9 @@ def test_bench_rejects_bad_arguments(tmp_path):
         trilm(["bench", "--config", preset(tmp_path, "decoder"), "--mode", "fast"])
     with pytest.raises(ValueError, match="norm_position"):  # a modern encoder has no BERT equivalent
         trilm(["bench", "--config", preset(tmp_path, "encoder", norm_position="pre"), "--compare", "true", *QUICK])
+
+
+def test_cpu_allocator_tuning_takes_effect_on_linux_and_can_be_undone():
+    linux = sys.platform.startswith("linux")  # mallopt is glibc's; elsewhere the call does nothing
+    assert tune_cpu_allocator() is linux
+    assert tune_cpu_allocator(keep_freed_memory=False) is linux
