@@ -36,10 +36,12 @@ class RMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
+        upcast = input_dtype != torch.float32  # no no-op casts: they are a quarter of a decode step's norm ops
+        if upcast:
+            hidden_states = hidden_states.to(torch.float32)
         variance = hidden_states.pow(2).mean(-1, keepdim=True)
         hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
+        return self.weight * (hidden_states.to(input_dtype) if upcast else hidden_states)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
@@ -52,6 +54,8 @@ def make_norm(config: TrilmConfig) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------ position embeddings
+ROPE_TABLE_POSITIONS = 8192  # cos/sin table rows kept by RotaryEmbedding.rotation (8 MiB at head_dim 128)
+
 class RotaryEmbedding(nn.Module):
     """cos/sin tables of rotary position embeddings; every rope type of transformers (`rope_parameters`)."""
 
@@ -82,6 +86,28 @@ class RotaryEmbedding(nn.Module):
         cos = emb.cos() * self.attention_scaling
         sin = emb.sin() * self.attention_scaling
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+    def rotation(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, fold_sign(sin)), shaped (batch, seq, 1, head_dim) for `rotate`. Rope types with fixed
+        frequencies read them from a table of the first positions (up to max_position_embeddings, at most
+        ROPE_TABLE_POSITIONS), built once: a decode step then costs two lookups instead of ~15 small operations."""
+        if self.rope_type in ("dynamic", "longrope") or torch.compiler.is_compiling() or self._past_table(position_ids):
+            cos, sin = self(x, position_ids)
+            return cos.unsqueeze(2), fold_sign(sin).unsqueeze(2)
+        key = (x.device, self.inv_freq._version)
+        if getattr(self, "_table_key", None) != key:
+            positions = torch.arange(self._table_positions, device=x.device)[None]
+            cos, sin = self(torch.empty(0, device=x.device), positions)
+            self._table, self._table_key = (cos[0], fold_sign(sin)[0]), key
+        cos, signed_sin = self._table
+        return cos[position_ids].unsqueeze(2).to(x.dtype), signed_sin[position_ids].unsqueeze(2).to(x.dtype)
+
+    @property
+    def _table_positions(self) -> int:
+        return min(self.original_max_seq_len, ROPE_TABLE_POSITIONS)
+
+    def _past_table(self, position_ids: torch.Tensor) -> bool:
+        return not position_ids.numel() or int(position_ids.max()) >= self._table_positions
 
 
 def fold_sign(sin: torch.Tensor) -> torch.Tensor:
@@ -250,7 +276,7 @@ class Attention(nn.Module):
             is_causal=self.is_causal,
             **kwargs,
         )
-        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1))
         return attn_output, attn_weights
 
     def _attention_interface(self, query_states: torch.Tensor) -> Callable:
@@ -446,10 +472,7 @@ class TransformerStack(TrilmPreTrainedModel):
         **layer_kwargs,
     ) -> torch.Tensor:
         hidden_states = self.embeddings(inputs_embeds, position_ids, token_type_ids)
-        position_embeddings = None
-        if self.rotary_emb is not None:
-            cos, sin = self.rotary_emb(hidden_states, position_ids)
-            position_embeddings = (cos.unsqueeze(2), fold_sign(sin).unsqueeze(2))
+        position_embeddings = self.rotary_emb.rotation(hidden_states, position_ids) if self.rotary_emb is not None else None
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,

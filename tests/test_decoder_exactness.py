@@ -245,3 +245,22 @@ def test_token_ids_outside_the_vocabulary_raise_a_clear_error(bad_id):
     model = causal_lm()
     with pytest.raises(ValueError, match="outside this model's vocabulary of 97 tokens"):
         model(torch.tensor([[5, bad_id, 7]]))
+
+
+def test_rope_table_equals_computing_the_rotation_and_falls_back_past_its_end(monkeypatch):
+    from trilm.modeling import blocks
+
+    rotary = causal_lm(rope_parameters={"rope_type": "default", "rope_theta": 1000.0}).model.rotary_emb
+    x = torch.zeros(1)
+    inside, beyond = torch.tensor([[0, 5, 63], [7, 8, 9]]), torch.tensor([[62, 63, 64, 100]])
+    for positions in (inside, beyond):  # max_position_embeddings=64: the second batch runs past the table
+        cos, sin = rotary(x, positions)
+        table_cos, table_sin = rotary.rotation(x, positions)
+        assert torch.equal(table_cos, cos.unsqueeze(2)) and torch.equal(table_sin, blocks.fold_sign(sin).unsqueeze(2))
+    # A smaller table cap moves the fallback point; the frequencies changing in place rebuild the table.
+    monkeypatch.setattr(blocks, "ROPE_TABLE_POSITIONS", 8)
+    rotary.inv_freq.mul_(0.5)
+    first = torch.tensor([[0, 3, 7]])
+    cos, _ = rotary(x, first)
+    assert torch.equal(rotary.rotation(x, first)[0], cos.unsqueeze(2))
+    assert rotary._table[0].shape[0] == 8 and rotary._past_table(inside)
