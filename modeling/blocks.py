@@ -218,6 +218,15 @@ def eager_attention_forward(
     return attn_output.transpose(1, 2).contiguous(), attn_weights
 
 
+def _reduced_precision(query_states: torch.Tensor) -> bool:
+    """Attention runs below float32: bfloat16/float16 inputs, or CPU autocast (where RoPE leaves q and k in
+    float32 and autocast casts them down for the attention matmuls)."""
+    if query_states.dtype != torch.float32:
+        return True
+    device = query_states.device.type
+    return torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) != torch.float32
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped-query heads, as self-attention (causal or bidirectional, with RoPE
     when configured) or as cross-attention over encoder states. The kernel is whichever
@@ -281,8 +290,8 @@ class Attention(nn.Module):
 
     def _attention_interface(self, query_states: torch.Tensor) -> Callable:
         implementation = self.config._attn_implementation
-        if implementation == "sdpa" and query_states.device.type == "cpu" and query_states.dtype != torch.float32:
-            # Measured on CPU (torch 2.13, README): sdpa in bfloat16 is 1.5-2x slower than eager attention.
+        if implementation == "sdpa" and query_states.device.type == "cpu" and _reduced_precision(query_states):
+            # Measured on CPU (torch 2.13, README): sdpa in bfloat16 is 1.5x slower than eager attention.
             return eager_attention_forward
         return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
 

@@ -223,21 +223,31 @@ def test_learned_positions_beyond_the_maximum_raise_a_clear_error():
     assert model(tokens(1, 16)).logits.shape == (1, 16, 97)
 
 
-def test_bfloat16_on_cpu_runs_eager_attention_and_matches_float32_sdpa():
+def test_bfloat16_on_cpu_runs_eager_attention_and_matches_float32_sdpa(monkeypatch):
+    from trilm.modeling import blocks
+
     model = causal_lm()
     x = tokens(length=10)
     mask = torch.ones_like(x)
     mask[0, :3] = 0
     with torch.no_grad():
         reference = model(x, attention_mask=mask).logits
+        chosen = []
+        interface = blocks.Attention._attention_interface
+        monkeypatch.setattr(blocks.Attention, "_attention_interface", lambda self, q: chosen.append(interface(self, q)) or chosen[-1])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            q = torch.zeros(1, 4, 2, 8, dtype=torch.bfloat16)
-            assert model.model.layers[0].self_attn._attention_interface(q).__name__ == "eager_attention_forward"
             for kwargs in ({}, {"attention_mask": mask}):
                 logits = model(x, **kwargs).logits.float()
                 expected = reference if kwargs else model(x).logits
                 real = mask.bool() if kwargs else torch.ones_like(mask, dtype=torch.bool)
                 assert (logits[real] - expected[real]).abs().max() < 0.02
+        # Under autocast RoPE leaves q in float32, yet the attention runs in bfloat16: eager it is.
+        assert chosen and all(f is blocks.eager_attention_forward for f in chosen)
+        chosen.clear()
+        model.to(torch.bfloat16)(x)
+        assert chosen and all(f is blocks.eager_attention_forward for f in chosen)
+        model.float()(x)
+        assert chosen[-1] is not blocks.eager_attention_forward  # float32: the configured sdpa
 
 
 @pytest.mark.parametrize("bad_id", [97, 500, -1])
