@@ -55,6 +55,8 @@ class Adapter:
     model_extras: Callable[[PreTrainedModel], dict] = lambda model: {}
     # constructor arguments of the transformers class that depend on the trilm model
     hf_init_kwargs: Callable[[PreTrainedModel, type], dict] = lambda model, hf_class: {}
+    # trilm config values the transformers architecture implies given the others (e.g. no GQA in BERT)
+    implied: Callable[[TrilmConfig], dict] = lambda config: {}
 
     def config_to_trilm(self, config, extras: dict | None = None) -> TrilmConfig:
         values = {name: getattr(config, name, None) for name in self.same_fields}
@@ -62,7 +64,7 @@ class Adapter:
         return self.trilm_config_class(**copy.deepcopy(values), **self.fixed, **(extras or {}))
 
     def config_to_hf(self, config: TrilmConfig):
-        for name, value in self.fixed.items():
+        for name, value in (self.fixed | self.implied(config)).items():
             if getattr(config, name) != value:
                 raise ValueError(
                     f"{self.hf_config_class.__name__} has no equivalent of {name}={getattr(config, name)!r}; "
@@ -84,6 +86,14 @@ class Adapter:
 
 
 _TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def _multi_head(config: TrilmConfig) -> dict:
+    """BERT and BART have plain multi-head attention: one key/value head per query head, of hidden / heads."""
+    return {
+        "num_key_value_heads": config.num_attention_heads,
+        "head_dim": config.hidden_size // config.num_attention_heads,
+    }
 
 LLAMA = Adapter(
     classes={LlamaForCausalLM: TrilmDecoderForCausalLM, LlamaModel: TrilmDecoderModel},
@@ -194,6 +204,7 @@ BERT = Adapter(
         ("cls.predictions.bias", "lm_head.bias"),
     ],
     model_extras=_bert_extras,
+    implied=_multi_head,
     hf_init_kwargs=lambda model, hf_class: (
         {"add_pooling_layer": model.pooler is not None} if hf_class is BertModel else {}
     ),
@@ -259,6 +270,7 @@ BART = Adapter(
         ("coder.layernorm_embedding.", "coder.embeddings.norm."),
     ],
     model_extras=_bart_extras,
+    implied=_multi_head,
 )
 
 ADAPTERS = [LLAMA, BERT, BART]

@@ -250,3 +250,12 @@ def test_sparse_prediction_gives_the_same_loss_and_gradients_in_training():
     assert dense.logits.shape == (2, 9, 97) and sparse.logits.shape == (int((labels != -100).sum()), 97)
     model = encoder(TrilmEncoderForMaskedLM, sparse_prediction=True).eval()  # inference keeps every position
     assert model(X, labels=labels).logits.shape == (2, 9, 97)
+
+
+def test_a_grouped_query_encoder_has_no_bert_equivalent():
+    """BERT has one key/value head per query head: converting a GQA encoder says so instead of failing
+    inside load_state_dict."""
+    gqa = from_transformers(bert(BertForMaskedLM))
+    gqa.config.num_key_value_heads = 2
+    with pytest.raises(ValueError, match="num_key_value_heads=2; it needs num_key_value_heads=4"):
+        to_transformers(gqa)

@@ -173,3 +173,10 @@ def test_save_and_reload_through_the_auto_classes(tmp_path, cls, auto):
     assert base.encoder.embed_tokens is shared and base.decoder.embed_tokens is shared
     half = auto.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert half(SOURCE, decoder_input_ids=TARGET)[0].dtype == torch.bfloat16
+
+
+def test_a_grouped_query_seq2seq_model_has_no_bart_equivalent():
+    model = from_transformers(bart())
+    model.config.num_key_value_heads = 2
+    with pytest.raises(ValueError, match="BartConfig has no equivalent of num_key_value_heads=2"):
+        to_transformers(model)
