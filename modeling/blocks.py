@@ -94,7 +94,8 @@ class RotaryEmbedding(nn.Module):
         if self.rope_type in ("dynamic", "longrope") or torch.compiler.is_compiling() or self._past_table(position_ids):
             cos, sin = self(x, position_ids)
             return cos.unsqueeze(2), fold_sign(sin).unsqueeze(2)
-        key = (x.device, self.inv_freq._version)
+        inv_freq = self.inv_freq  # rebuilt when it moves, changes dtype or is modified in place
+        key = (x.device, inv_freq.dtype, inv_freq.data_ptr(), inv_freq._version)
         if getattr(self, "_table_key", None) != key:
             positions = torch.arange(self._table_positions, device=x.device)[None]
             cos, sin = self(torch.empty(0, device=x.device), positions)

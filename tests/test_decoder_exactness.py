@@ -274,3 +274,6 @@ def test_rope_table_equals_computing_the_rotation_and_falls_back_past_its_end(mo
     cos, _ = rotary(x, first)
     assert torch.equal(rotary.rotation(x, first)[0], cos.unsqueeze(2))
     assert rotary._table[0].shape[0] == 8 and rotary._past_table(inside)
+    rotary.to(torch.bfloat16)  # a new inv_freq tensor: the table follows it
+    cos, _ = rotary(x, first)
+    assert torch.equal(rotary.rotation(x, first)[0], cos.unsqueeze(2))
