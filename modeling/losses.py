@@ -25,10 +25,14 @@ class _CrossEntropy(torch.autograd.Function):
         log_sum_exp, picked = [], []
         for block, block_target in zip(logits.split(rows), target.split(rows)):
             log_probs = torch.log_softmax(block.float(), dim=-1)
-            picked.append(log_probs.gather(1, block_target[:, None]).squeeze(1))
-            log_sum_exp.append(block[:, 0].float() - log_probs[:, 0])
-        log_sum_exp = torch.cat(log_sum_exp)
-        losses = -torch.cat(picked) * valid
+            block_picked = log_probs.gather(1, block_target[:, None]).squeeze(1)
+            picked.append(block_picked)
+            # log-sum-exp = logit - log-prob at the target, finite wherever the target's logit is (other
+            # entries may be -inf, e.g. masked out of the vocabulary).
+            log_sum_exp.append(block.gather(1, block_target[:, None]).squeeze(1).float() - block_picked)
+        # Ignored rows get +inf, so that their gradient exp(logit - lse) * 0 is exactly 0.
+        log_sum_exp = torch.where(valid, torch.cat(log_sum_exp), torch.inf)
+        losses = torch.where(valid, -torch.cat(picked), 0.0)  # not * valid: an ignored row may pick -inf
         loss = losses.sum() / (divisor if divisor is not None else valid.sum())
         ctx.save_for_backward(logits, log_sum_exp, target, valid)
         ctx.rows, ctx.divisor = rows, divisor

@@ -57,6 +57,22 @@ def test_bfloat16_logits_give_the_float32_loss_and_a_bfloat16_gradient(block_ele
     torch.testing.assert_close(logits.grad.float(), reference.grad, rtol=1e-2, atol=1e-4)
 
 
+def test_logits_masked_to_minus_infinity_give_torch_values_and_no_nan(block_elements):
+    logits, target = logits_and_targets()
+    masked = logits.detach().clone()
+    masked[:, 0] = -torch.inf  # a vocabulary entry masked out: no target points at it
+    masked[36, 7] = 1e4  # a huge logit in an ignored row
+    target = torch.where(target == 0, 1, target)
+    ours, theirs = masked.clone().requires_grad_(), masked.clone().requires_grad_()
+    loss = losses.cross_entropy(ours, target)
+    expected = F.cross_entropy(theirs, target)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(ours.grad).all()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_all_targets_ignored_gives_nan_like_torch():
     logits, target = logits_and_targets(rows=4, ignored=(0, 1, 2, 3))
     assert torch.isnan(F.cross_entropy(logits, target)) and torch.isnan(losses.cross_entropy(logits, target))
