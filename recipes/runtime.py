@@ -1,4 +1,5 @@
-"""Process settings that make CPU training fast, applied by the recipes and the bench (never on import).
+"""Process settings that make CPU training fast: `trilm bench` applies them (never on import), and they
+are there for training scripts and the recipes to call.
 
 glibc's malloc serves every allocation above its mmap threshold (128 KiB at start) with a fresh `mmap`
 and gives it back with `munmap` when freed. PyTorch on CPU has no caching allocator, so each activation
