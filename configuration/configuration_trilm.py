@@ -41,7 +41,7 @@ class TrilmConfig(PreTrainedConfig):
 
     # Auto class name -> trilm class name, written into `auto_map` (a dict, as TRL expects).
     auto_classes: ClassVar[dict[str, str]] = {}
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # the cache's name before and since transformers 5.24
 
     vocab_size: int = 32000
     hidden_size: int = 768
@@ -90,6 +90,9 @@ class TrilmConfig(PreTrainedConfig):
         if self.position_embedding_type == "rope":
             kwargs.setdefault("rope_theta", self.rope_theta)
         self.auto_map = {**(self.auto_map or {}), **self._canonical_auto_map()}
+        if self.base_model_tp_plan and self.mlp_type == "plain":
+            # The tensor-parallel plan names only modules this config builds: a plain MLP has no gate_proj.
+            self.base_model_tp_plan = {k: v for k, v in self.base_model_tp_plan.items() if not k.endswith(".mlp.gate_proj")}
         super().__post_init__(**kwargs)
         if self.rope_parameters:
             self.rope_theta = float(self.rope_parameters.get("rope_theta", self.rope_theta))

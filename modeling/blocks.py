@@ -22,6 +22,7 @@ from transformers.utils.output_capturing import OutputRecorder
 
 from trilm.configuration import TrilmConfig
 
+from .compat import accepts_cache_alias, cache_kwarg
 from .losses import LOSSES
 
 
@@ -255,14 +256,14 @@ class Attention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         key_value_states: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         if self.is_cross_attention:
             query_states = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-            key_states, value_states = self._cross_key_values(key_value_states, past_key_values)
+            key_states, value_states = self._cross_key_values(key_value_states, cache)
         else:
             # (batch, seq, heads, head_dim) while RoPE runs: contiguous, so its elementwise ops are fast.
             query_states, key_states, value_states = (
@@ -271,9 +272,9 @@ class Attention(nn.Module):
             if position_embeddings is not None:
                 query_states, key_states = rotate(query_states, *position_embeddings), rotate(key_states, *position_embeddings)
             query_states, key_states, value_states = (t.transpose(1, 2) for t in (query_states, key_states, value_states))
-            if past_key_values is not None:
-                cache = past_key_values.self_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else past_key_values
-                key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
+            if cache is not None:
+                self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
+                key_states, value_states = self_attention_cache.update(key_states, value_states, self.layer_idx)
 
         attn_output, attn_weights = self._attention_interface(query_states)(
             self,
@@ -296,17 +297,17 @@ class Attention(nn.Module):
             return eager_attention_forward
         return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
 
-    def _cross_key_values(self, key_value_states: torch.Tensor, past_key_values: Cache | None):
+    def _cross_key_values(self, key_value_states: torch.Tensor, cache: Cache | None):
         """Keys and values of the encoder states: computed once, then read from the cross-attention cache."""
-        cache = past_key_values.cross_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else None
-        if cache is not None and past_key_values.is_updated.get(self.layer_idx):
-            return cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        cross_cache = cache.cross_attention_cache if isinstance(cache, EncoderDecoderCache) else None
+        if cross_cache is not None and cache.is_updated.get(self.layer_idx):
+            return cross_cache.layers[self.layer_idx].keys, cross_cache.layers[self.layer_idx].values
         kv_shape = (*key_value_states.shape[:-1], -1, self.head_dim)
         key_states = self.k_proj(key_value_states).view(kv_shape).transpose(1, 2)
         value_states = self.v_proj(key_value_states).view(kv_shape).transpose(1, 2)
-        if cache is not None:
-            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)
-            past_key_values.is_updated[self.layer_idx] = True
+        if cross_cache is not None:
+            key_states, value_states = cross_cache.update(key_states, value_states, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
         return key_states, value_states
 
 
@@ -351,29 +352,30 @@ class TransformerBlock(GradientCheckpointingLayer):
             output = self.dropout(output)
         return hidden_states + output if self.pre_norm else norm(hidden_states + output)
 
+    @accepts_cache_alias
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        # encoder_hidden_states come third, as in BART: the stack passes them positionally, because reentrant
+        # gradient checkpointing only tracks a layer's positional inputs.
         kwargs.pop("use_cache", None)
         hidden_states = self._residual(
             self.self_attn_norm,
-            lambda x: self.self_attn(
-                x, attention_mask, position_embeddings=position_embeddings, past_key_values=past_key_values, **kwargs
-            )[0],
+            lambda x: self.self_attn(x, attention_mask, position_embeddings=position_embeddings, cache=cache, **kwargs)[0],
             hidden_states,
         )
         if self.cross_attn is not None:
             hidden_states = self._residual(
                 self.cross_attn_norm,
                 lambda x: self.cross_attn(
-                    x, encoder_attention_mask, past_key_values=past_key_values, key_value_states=encoder_hidden_states, **kwargs
+                    x, encoder_attention_mask, cache=cache, key_value_states=encoder_hidden_states, **kwargs
                 )[0],
                 hidden_states,
             )
@@ -388,7 +390,7 @@ class TrilmPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TransformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -435,12 +437,9 @@ class TransformerStack(TrilmPreTrainedModel):
         is_causal: bool,
         has_cross_attention: bool = False,
         num_token_types: int = 0,
-        embed_tokens: nn.Embedding | None = None,
     ):
         super().__init__(config)
-        if embed_tokens is None:
-            embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.embed_tokens = embed_tokens
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.embeddings = Embeddings(config, num_token_types)
         self.rotary_emb = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
         self.layers = nn.ModuleList(
@@ -479,6 +478,8 @@ class TransformerStack(TrilmPreTrainedModel):
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
         token_type_ids: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        cache: Cache | None = None,
         **layer_kwargs,
     ) -> torch.Tensor:
         hidden_states = self.embeddings(inputs_embeds, position_ids, token_type_ids)
@@ -486,16 +487,18 @@ class TransformerStack(TrilmPreTrainedModel):
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states,
-                attention_mask=attention_mask,
+                attention_mask,
+                encoder_hidden_states,
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
+                **cache_kwarg(cache),
                 **layer_kwargs,
             )
         return self.norm(hidden_states) if self.norm is not None else hidden_states
 
 
-def default_position_ids(inputs_embeds: torch.Tensor, past_key_values: Cache | None = None) -> torch.Tensor:
-    past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+def default_position_ids(inputs_embeds: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    past_seen_tokens = cache.get_seq_length() if cache is not None else 0
     return (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens).unsqueeze(0)
 
 

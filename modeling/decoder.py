@@ -19,6 +19,7 @@ from transformers.utils.output_capturing import capture_outputs
 from trilm.configuration import TrilmDecoderConfig
 
 from .blocks import TransformerStack, TrilmPreTrainedModel, default_position_ids
+from .compat import accepts_cache_alias, cache_kwarg, output_cache
 
 
 class TrilmDecoderPreTrainedModel(TrilmPreTrainedModel):
@@ -33,6 +34,7 @@ class TrilmDecoderModel(TrilmDecoderPreTrainedModel, TransformerStack):
         super().__init__(config, num_layers=config.num_hidden_layers, is_causal=True)
         self.post_init()
 
+    @accepts_cache_alias
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -40,27 +42,27 @@ class TrilmDecoderModel(TrilmDecoderPreTrainedModel, TransformerStack):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         inputs_embeds = self.embed(input_ids, inputs_embeds)
         if position_ids is None:
-            position_ids = default_position_ids(inputs_embeds, past_key_values)
+            position_ids = default_position_ids(inputs_embeds, cache)
         # The mask is built before any cache is created: without a cache, masking_utils recognises packed
         # sequences (position_ids restarting at 0, no attention mask) and keeps them from attending to each other.
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **cache_kwarg(cache),
         )
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = DynamicCache(config=self.config)
-        hidden_states = self.run(inputs_embeds, position_ids, causal_mask, past_key_values=past_key_values, **kwargs)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        if use_cache and cache is None and not self.training:
+            cache = DynamicCache(config=self.config)
+        hidden_states = self.run(inputs_embeds, position_ids, causal_mask, cache=cache, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **cache_kwarg(cache))
 
 
 class TrilmDecoderForCausalLM(TrilmDecoderPreTrainedModel, GenerationMixin):
@@ -77,13 +79,14 @@ class TrilmDecoderForCausalLM(TrilmDecoderPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @accepts_cache_alias
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -94,7 +97,7 @@ class TrilmDecoderForCausalLM(TrilmDecoderPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -106,7 +109,7 @@ class TrilmDecoderForCausalLM(TrilmDecoderPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_kwarg(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -128,13 +131,14 @@ class TrilmDecoderForSequenceClassification(TrilmDecoderPreTrainedModel):
         self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
         self.post_init()
 
+    @accepts_cache_alias
     @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -144,7 +148,7 @@ class TrilmDecoderForSequenceClassification(TrilmDecoderPreTrainedModel):
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -173,7 +177,7 @@ class TrilmDecoderForSequenceClassification(TrilmDecoderPreTrainedModel):
         return SequenceClassifierOutputWithPast(
             loss=loss,
             logits=pooled_logits,
-            past_key_values=outputs.past_key_values,
+            **cache_kwarg(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

@@ -28,6 +28,7 @@ from .blocks import (
     check_labels_shape,
     default_position_ids,
 )
+from .compat import accepts_cache_alias, cache_kwarg, output_cache
 from .losses import masked_lm_loss
 
 
@@ -38,8 +39,8 @@ class TrilmSeq2SeqPreTrainedModel(TrilmPreTrainedModel):
 class TrilmSeq2SeqEncoder(TrilmSeq2SeqPreTrainedModel, TransformerStack):
     """The encoder stack: bidirectional blocks over the source tokens."""
 
-    def __init__(self, config: TrilmSeq2SeqConfig, embed_tokens: nn.Embedding | None = None):
-        super().__init__(config, num_layers=config.encoder_layers, is_causal=False, embed_tokens=embed_tokens)
+    def __init__(self, config: TrilmSeq2SeqConfig):
+        super().__init__(config, num_layers=config.encoder_layers, is_causal=False)
         self.post_init()
 
     @merge_with_config_defaults
@@ -66,12 +67,11 @@ class TrilmSeq2SeqDecoder(TrilmSeq2SeqPreTrainedModel, TransformerStack):
         "cross_attentions": OutputRecorder(Attention, index=1, layer_name="cross_attn"),
     }
 
-    def __init__(self, config: TrilmSeq2SeqConfig, embed_tokens: nn.Embedding | None = None):
-        super().__init__(
-            config, num_layers=config.decoder_layers, is_causal=True, has_cross_attention=True, embed_tokens=embed_tokens
-        )
+    def __init__(self, config: TrilmSeq2SeqConfig):
+        super().__init__(config, num_layers=config.decoder_layers, is_causal=True, has_cross_attention=True)
         self.post_init()
 
+    @accepts_cache_alias
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -80,22 +80,26 @@ class TrilmSeq2SeqDecoder(TrilmSeq2SeqPreTrainedModel, TransformerStack):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
+        if encoder_hidden_states is None:
+            raise ValueError(
+                "This decoder cross-attends to an encoder: pass encoder_hidden_states (the encoder's last_hidden_state), "
+                "or call TrilmSeq2SeqModel / TrilmSeq2SeqForConditionalGeneration, which run the encoder first."
+            )
         inputs_embeds = self.embed(input_ids, inputs_embeds)
         if position_ids is None:
-            position_ids = default_position_ids(inputs_embeds, past_key_values)
-        self_attention_cache = past_key_values.self_attention_cache if past_key_values is not None else None
+            position_ids = default_position_ids(inputs_embeds, cache)
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=self_attention_cache,
             position_ids=position_ids,
+            **cache_kwarg(cache.self_attention_cache if cache is not None else None),
         )
         cross_mask = create_bidirectional_mask(
             config=self.config,
@@ -103,31 +107,33 @@ class TrilmSeq2SeqDecoder(TrilmSeq2SeqPreTrainedModel, TransformerStack):
             attention_mask=encoder_attention_mask,
             encoder_hidden_states=encoder_hidden_states,
         )
-        if use_cache and past_key_values is None and not self.training:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        if use_cache and cache is None and not self.training:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         hidden_states = self.run(
             inputs_embeds,
             position_ids,
             causal_mask,
-            past_key_values=past_key_values,
             encoder_hidden_states=encoder_hidden_states,
+            cache=cache,
             encoder_attention_mask=cross_mask,
             **kwargs,
         )
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states, **cache_kwarg(cache))
 
 
 class TrilmSeq2SeqModel(TrilmSeq2SeqPreTrainedModel):
     """Encoder and decoder sharing one token embedding (`shared`). Without `decoder_input_ids`, the decoder
     reads `input_ids` shifted right (denoising pretraining, as in BART)."""
 
+    # As in BART: three modules whose weights are tied to `shared.weight`, so that loading knows the one
+    # parameter to look for (and reports it missing, then initialises it, when a checkpoint lacks it).
     _tied_weights_keys = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
 
     def __init__(self, config: TrilmSeq2SeqConfig):
         super().__init__(config)
         self.shared = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.encoder = TrilmSeq2SeqEncoder(config, self.shared)
-        self.decoder = TrilmSeq2SeqDecoder(config, self.shared)
+        self.encoder = TrilmSeq2SeqEncoder(config)
+        self.decoder = TrilmSeq2SeqDecoder(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -136,9 +142,7 @@ class TrilmSeq2SeqModel(TrilmSeq2SeqPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.shared = self.encoder.embed_tokens = self.decoder.embed_tokens = value
 
-    def get_encoder(self) -> TrilmSeq2SeqEncoder:
-        return self.encoder
-
+    @accepts_cache_alias
     @can_return_tuple
     def forward(
         self,
@@ -147,7 +151,7 @@ class TrilmSeq2SeqModel(TrilmSeq2SeqPreTrainedModel):
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
@@ -167,7 +171,7 @@ class TrilmSeq2SeqModel(TrilmSeq2SeqPreTrainedModel):
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=decoder_inputs_embeds,
             position_ids=decoder_position_ids,
             use_cache=use_cache,
@@ -175,7 +179,7 @@ class TrilmSeq2SeqModel(TrilmSeq2SeqPreTrainedModel):
         )
         return Seq2SeqModelOutput(
             last_hidden_state=decoder_outputs.last_hidden_state,
-            past_key_values=decoder_outputs.past_key_values,
+            **cache_kwarg(output_cache(decoder_outputs)),
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
@@ -198,12 +202,10 @@ class TrilmSeq2SeqForConditionalGeneration(TrilmSeq2SeqPreTrainedModel, Generati
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
         self.post_init()
 
-    def get_encoder(self) -> TrilmSeq2SeqEncoder:
-        return self.model.encoder
-
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    @accepts_cache_alias
     @can_return_tuple
     def forward(
         self,
@@ -212,7 +214,7 @@ class TrilmSeq2SeqForConditionalGeneration(TrilmSeq2SeqPreTrainedModel, Generati
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         decoder_position_ids: torch.LongTensor | None = None,
@@ -229,7 +231,7 @@ class TrilmSeq2SeqForConditionalGeneration(TrilmSeq2SeqPreTrainedModel, Generati
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             decoder_position_ids=decoder_position_ids,
@@ -245,7 +247,7 @@ class TrilmSeq2SeqForConditionalGeneration(TrilmSeq2SeqPreTrainedModel, Generati
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_kwarg(output_cache(outputs)),
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,

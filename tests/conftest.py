@@ -1,3 +1,4 @@
+import logging
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -29,6 +30,36 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def shared_data() -> Path:
     return SHARED_DATA
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(record.getMessage() for record in self.records)
+
+
+@pytest.fixture
+def transformers_logs():
+    """What transformers logs during the test (its loggers do not propagate to pytest's caplog);
+    `warning_once` caches are cleared so that a message logged by an earlier test shows again."""
+    from transformers.utils import logging as hf_logging
+
+    root = logging.getLogger("transformers")
+    handler, level = _Records(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    hf_logging.warning_once.cache_clear()
+    hf_logging.info_once.cache_clear()
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(level)
 
 
 # Sizes shared by the tiny models of every family: small enough for 2 CPU cores, with GQA.

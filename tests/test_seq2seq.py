@@ -170,7 +170,7 @@ def test_save_and_reload_through_the_auto_classes(tmp_path, cls, auto):
         assert torch.equal(reloaded(SOURCE, decoder_input_ids=TARGET)[0], model(SOURCE, decoder_input_ids=TARGET)[0])
     shared = reloaded.get_input_embeddings()
     base = reloaded.model if cls is TrilmSeq2SeqForConditionalGeneration else reloaded
-    assert base.encoder.embed_tokens is shared and base.decoder.embed_tokens is shared
+    assert base.encoder.embed_tokens.weight is shared.weight and base.decoder.embed_tokens.weight is shared.weight
     half = auto.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert half(SOURCE, decoder_input_ids=TARGET)[0].dtype == torch.bfloat16
 

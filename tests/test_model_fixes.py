@@ -1,0 +1,197 @@
+"""Defects a careful user found in the model classes, and the cache argument transformers 5.24 renamed:
+each test here failed before its fix."""
+
+import inspect
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.distributed.tensor_parallel import verify_tp_plan
+
+import trilm.modeling
+from trilm.modeling import TrilmDecoderForCausalLM, TrilmSeq2SeqForConditionalGeneration
+from trilm.modeling.compat import CACHE_NAME, output_cache
+
+from .conftest import tiny_decoder_config, tiny_seq2seq_config
+
+TRILM_ROOT = Path(trilm.modeling.__file__).resolve().parents[1]
+SOURCE = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+
+
+def seq2seq(**overrides) -> TrilmSeq2SeqForConditionalGeneration:
+    torch.manual_seed(0)
+    return TrilmSeq2SeqForConditionalGeneration(tiny_seq2seq_config(**overrides)).eval()
+
+
+# ---------------------------------------------------------------- 1. seq2seq: missing shared embedding
+def test_seq2seq_checkpoint_without_shared_embedding_reports_it_missing_and_still_runs(tmp_path):
+    seq2seq().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights = {name: tensor for name, tensor in weights.items() if not name.endswith("shared.weight")}
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    model, info = TrilmSeq2SeqForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert "model.shared.weight" in info["missing_keys"]
+    assert all(not p.is_meta for p in model.parameters())
+    embeddings = model.model
+    assert embeddings.encoder.embed_tokens.weight is embeddings.shared.weight
+    assert embeddings.decoder.embed_tokens.weight is embeddings.shared.weight
+    assert torch.isfinite(model(input_ids=SOURCE, labels=SOURCE).loss)
+
+
+def test_seq2seq_embeddings_stay_tied_through_save_and_load(tmp_path):
+    original = seq2seq()
+    original.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert not any(name.endswith("embed_tokens.weight") for name in saved), "tied copies are not saved"
+    loaded = TrilmSeq2SeqForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.model.encoder.embed_tokens.weight is loaded.model.shared.weight
+    assert loaded.lm_head.weight is loaded.model.shared.weight
+    with torch.no_grad():
+        assert torch.equal(original(input_ids=SOURCE, labels=SOURCE).logits, loaded(input_ids=SOURCE, labels=SOURCE).logits)
+
+
+# ------------------------------------------------------- 2. seq2seq: reentrant gradient checkpointing
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_seq2seq_gradient_checkpointing_matches_plain_gradients(use_reentrant):
+    grads = []
+    for checkpointing in (False, True):
+        model = seq2seq().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        model(input_ids=SOURCE, labels=SOURCE).loss.backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    # The encoder's gradients flow back through the checkpointed decoder blocks' cross-attention.
+    assert any(name.startswith("model.encoder.layers.0.") for name in grads[1])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+# -------------------------------------------------- 3. overridden methods keep the base signatures
+def _overrides():
+    for cls in {cls for _, cls in inspect.getmembers(trilm.modeling, inspect.isclass) if issubclass(cls, PreTrainedModel)}:
+        for name, method in vars(cls).items():
+            if name.startswith("__") or not callable(method):
+                continue
+            for base in cls.__mro__[1:]:
+                if base.__module__.startswith("transformers") and callable(getattr(base, name, None)):
+                    yield pytest.param(cls, name, getattr(base, name), id=f"{cls.__name__}.{name}")
+                    break
+
+
+@pytest.mark.parametrize("cls, name, base_method", list(_overrides()))
+def test_overridden_methods_accept_every_argument_of_the_base_method(cls, name, base_method):
+    ours = inspect.signature(getattr(cls, name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ours.values()):
+        return
+    missing = [p for p in inspect.signature(base_method).parameters if p not in ours and p not in ("args", "kwargs")]
+    assert not missing, f"{cls.__name__}.{name} drops the base arguments {missing}"
+
+
+def test_get_encoder_takes_modality_and_finds_the_encoder():
+    model = seq2seq()
+    assert model.get_encoder() is model.model.encoder
+    assert model.get_encoder(modality=None) is model.model.encoder
+    assert model.model.get_encoder(modality=None) is model.model.encoder
+
+
+def test_seq2seq_exports_for_generation_with_transformers_exporter():
+    from transformers.exporters import DynamoExporter
+    from transformers.exporters.configs import DynamoConfig
+
+    model = seq2seq()
+    exported = DynamoExporter().export_for_generation(
+        model,
+        {"input_ids": SOURCE[:1], "attention_mask": torch.ones_like(SOURCE[:1])},
+        DynamoConfig(dynamic=False),
+        generation_config=GenerationConfig(max_new_tokens=3, do_sample=False, decoder_start_token_id=0),
+    )
+    assert {"prefill", "decode"} <= set(exported.components), sorted(exported.components)
+
+
+# --------------------------------------------------------- 4. tensor-parallel plan follows the config
+@pytest.mark.parametrize("mlp_type", ["gated", "plain"])
+def test_tensor_parallel_plan_names_only_modules_that_exist(mlp_type, transformers_logs):
+    model = TrilmDecoderForCausalLM(tiny_decoder_config(mlp_type=mlp_type))
+    assert model._tp_plan, "the decoder has a tensor-parallel plan"
+    verify_tp_plan(list(model.state_dict()), model._tp_plan)
+    assert "were not sharded" in transformers_logs.text  # the norms and embeddings: the capture works
+    assert "not applied" not in transformers_logs.text
+
+
+# ----------------------------------------------------- 5. seq2seq decoder without encoder states
+def test_seq2seq_decoder_without_encoder_states_says_what_it_needs():
+    model = seq2seq()
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        model.model.decoder(input_ids=SOURCE)
+    encoder_states = model.model.encoder(input_ids=SOURCE).last_hidden_state
+    assert model.model.decoder(input_ids=SOURCE, encoder_hidden_states=encoder_states).last_hidden_state.shape == (2, 9, 32)
+
+
+# ------------------------------------------------------------- the cache under both of its names
+def test_forward_takes_the_cache_as_cache_or_past_key_values():
+    torch.manual_seed(0)
+    model = TrilmDecoderForCausalLM(tiny_decoder_config()).eval()
+    x = SOURCE[:1]
+    full = model(x).logits
+    with torch.no_grad():
+        for name in ("cache", "past_key_values"):
+            cache = DynamicCache(config=model.config)
+            model(x[:, :5], use_cache=True, **{name: cache})
+            assert cache.get_seq_length() == 5, name
+            step = model(x[:, 5:6], use_cache=True, **{name: cache}).logits
+            assert torch.allclose(step[:, -1], full[:, 5], atol=1e-5), name
+    with pytest.raises(ValueError, match="once"):
+        model(x, cache=DynamicCache(config=model.config), past_key_values=DynamicCache(config=model.config))
+    assert isinstance(output_cache(model(x, use_cache=True)), DynamicCache)
+    assert CACHE_NAME in model(x, use_cache=True)
+
+
+def test_generate_decodes_with_the_cache():
+    """generate() passes the cache under the installed transformers' name; a forward that swallowed it would
+    decode every step from scratch and see a cache that never grows."""
+    torch.manual_seed(0)
+    model = TrilmDecoderForCausalLM(tiny_decoder_config()).eval()
+    seen = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        seen.append((kwargs["input_ids"].shape[1], cache.get_seq_length() if cache is not None else None))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    model.generate(SOURCE[:1, :4], max_new_tokens=3, do_sample=False)
+    assert seen == [(4, 0), (1, 4), (1, 5)]
+
+
+def _trilm_warnings(record) -> list[str]:
+    return [
+        f"{w.category.__name__} at {w.filename}:{w.lineno}: {w.message}"
+        for w in record
+        if issubclass(w.category, (FutureWarning, DeprecationWarning)) and Path(w.filename).resolve().is_relative_to(TRILM_ROOT)
+        and "/tests/" not in w.filename
+    ]
+
+
+def test_no_deprecation_warning_comes_from_trilm_in_forward_generate_and_training(transformers_logs):
+    torch.manual_seed(0)
+    models = [TrilmDecoderForCausalLM(tiny_decoder_config()), seq2seq()]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for model in models:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=SOURCE, attention_mask=torch.ones_like(SOURCE), use_cache=True)
+            model.generate(SOURCE, attention_mask=torch.ones_like(SOURCE), max_new_tokens=3, do_sample=False)
+            model.generate(SOURCE, attention_mask=torch.ones_like(SOURCE), max_new_tokens=3, num_beams=2, do_sample=False)
+            model.train()
+            model(input_ids=SOURCE, labels=SOURCE).loss.backward()
+    assert not _trilm_warnings(record)
+    assert "deprecated" not in transformers_logs.text.lower()
+
