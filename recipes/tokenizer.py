@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 from trilm.tokenization import FAMILIES, KINDS, train_tokenizer
-from trilm.tokenization.tokenization_trilm import _capped, _texts
+from trilm.tokenization.tokenization_trilm import _capped, read_texts
 
 from .args import parse_args
 
@@ -48,12 +48,12 @@ def run(args: TokenizerArguments) -> dict:
     if bool(args.files) == bool(args.dataset_name):
         raise ValueError("Give exactly one source: --files FILE [FILE ...] or --dataset_name NAME_OR_PATH.")
     start = time.perf_counter()
-    lines = [line for line in _capped(_texts(_source(args), args.text_column), args.max_chars) if line.strip()]
+    lines = [line for line in _capped(_read_source(args), args.max_chars) if line.strip()]
     every = round(1 / args.heldout_fraction)
     heldout = lines[::every]
     train = [line for i, line in enumerate(lines) if i % every]
     tokenizer = train_tokenizer(
-        train,
+        texts=train,
         kind=args.kind,
         vocab_size=args.vocab_size,
         family=args.family,
@@ -114,9 +114,13 @@ def benchmark(tokenizer, texts: list[str], rounds: int = 5, batch_size: int = 10
     return result
 
 
-def _source(args: TokenizerArguments):
+def _read_source(args: TokenizerArguments):
     if args.files:
-        return list(args.files)
+        return read_texts(files=args.files)
+    return read_texts(texts=_dataset(args), text_column=args.text_column)
+
+
+def _dataset(args: TokenizerArguments):
     from datasets import load_dataset, load_from_disk
 
     path = Path(args.dataset_name)

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from trilm.configuration import TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
 from trilm.recipes.cli import main as trilm
-from trilm.tokenization.tokenization_trilm import _texts
+from trilm.tokenization.tokenization_trilm import read_texts
 from trilm.tokenization import (
     FAMILIES,
     KINDS,
@@ -40,7 +40,7 @@ PAIR = (["It is a truth universally acknowledged", "Call me Ishmael."], ["that a
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_and_family_trains_saves_and_reloads_identically(shared_data, tmp_path, kind, family):
     books = [shared_data / "gutenberg_pg1342_pride_and_prejudice.txt", shared_data / "tinyshakespeare.txt"]
-    tokenizer = train_tokenizer(books, kind=kind, vocab_size=1500, family=family, max_chars=400_000, num_sentinels=10)
+    tokenizer = train_tokenizer(files=books, kind=kind, vocab_size=1500, family=family, max_chars=400_000, num_sentinels=10)
     assert isinstance(tokenizer, TrilmTokenizer) and len(tokenizer) <= 1500
     tokenizer.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
@@ -68,7 +68,7 @@ def test_every_kind_and_family_trains_saves_and_reloads_identically(shared_data,
 
 @pytest.fixture(scope="module")
 def bpe():
-    return train_tokenizer(SMALL_CORPUS, kind="bpe", vocab_size=400, family="decoder", min_frequency=1)
+    return train_tokenizer(texts=SMALL_CORPUS, kind="bpe", vocab_size=400, family="decoder", min_frequency=1)
 
 
 @settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -93,7 +93,7 @@ def test_byte_tokenizer_with_no_merges():
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text.encode("utf-8"))
     assert tokenizer.decode(ids) == text
-    same = train_tokenizer(SMALL_CORPUS, kind="bpe", vocab_size=256 + 6, family="decoder", min_frequency=1)
+    same = train_tokenizer(texts=SMALL_CORPUS, kind="bpe", vocab_size=256 + 6, family="decoder", min_frequency=1)
     assert len(same) == 256 + 6 and same(text, add_special_tokens=False)["input_ids"] != []
 
 
@@ -127,20 +127,25 @@ def test_chat_template_marks_exactly_the_assistant_replies(bpe):
 def test_files_iterators_and_datasets_give_the_same_texts_and_train(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(SMALL_CORPUS) + "\n")
-    sources = {"file": path, "iterator": iter(SMALL_CORPUS), "dataset": Dataset.from_dict({"body": SMALL_CORPUS})}
-    texts = {name: [t.strip() for t in _texts(source, "body")] for name, source in sources.items()}
-    assert texts["file"] == texts["iterator"] == texts["dataset"] == SMALL_CORPUS
-    sources["iterator"] = iter(SMALL_CORPUS)
+    sources = {
+        "file": dict(files=path),
+        "files": dict(files=[str(path)]),
+        "iterator": dict(texts=iter(SMALL_CORPUS)),
+        "dataset": dict(texts=Dataset.from_dict({"body": SMALL_CORPUS})),
+    }
+    texts = {name: [t.strip() for t in read_texts(**source, text_column="body")] for name, source in sources.items()}
+    assert texts["file"] == texts["files"] == texts["iterator"] == texts["dataset"] == SMALL_CORPUS
+    sources["iterator"] = dict(texts=iter(SMALL_CORPUS))
     for name, source in sources.items():
-        tokenizer = train_tokenizer(source, kind="wordpiece", vocab_size=150, family="encoder", min_frequency=1, text_column="body")
+        tokenizer = train_tokenizer(**source, kind="wordpiece", vocab_size=150, family="encoder", min_frequency=1, text_column="body")
         assert 100 < len(tokenizer) <= 150, name
         assert tokenizer.unk_token_id not in tokenizer("the quick brown fox")["input_ids"], name
-    capped = train_tokenizer(SMALL_CORPUS, kind="wordpiece", vocab_size=1000, family="encoder", max_chars=40)
+    capped = train_tokenizer(texts=SMALL_CORPUS, kind="wordpiece", vocab_size=1000, family="encoder", max_chars=40)
     assert len(capped) < 100  # only "The quick brown fox jumps over the lazy dog." was read
 
 
 def test_wordpiece_lowercase_and_accent_stripping():
-    tokenizer = train_tokenizer(SMALL_CORPUS, kind="wordpiece", vocab_size=200, family="encoder", lowercase=True, strip_accents=True)
+    tokenizer = train_tokenizer(texts=SMALL_CORPUS, kind="wordpiece", vocab_size=200, family="encoder", lowercase=True, strip_accents=True)
     assert tokenizer.tokenize("NAÏVE Café") == tokenizer.tokenize("naive cafe")
 
 
@@ -152,20 +157,25 @@ def test_bulk_encoding_matches_the_tokenizer_call(bpe):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(source=["", "  ", "\n"]), "corpus is empty"),
-        (dict(source=[]), "corpus is empty"),
+        (dict(texts=["", "  ", "\n"]), "corpus is empty"),
+        (dict(texts=[]), "corpus is empty"),
+        (dict(texts=None, files=[]), "corpus is empty"),
+        (dict(texts=None), "exactly one source"),
+        (dict(files="corpus.txt"), "exactly one source"),
+        (dict(texts="word " * 60), "not one string"),
         (dict(kind="sentencepiece"), "kind="),
         (dict(family="vision"), "family="),
         (dict(vocab_size=100), "vocab_size=100 is too small"),
         (dict(kind="wordpiece", vocab_size=12), "vocab_size=12 is too small"),
-        (dict(source="does/not/exist.txt"), "not found"),
-        (dict(source=[os.devnull + "-missing.txt", __file__]), "not found"),
-        (dict(source=Dataset.from_dict({"body": ["a b"]})), "no column 'text'"),
+        (dict(texts=None, files="does/not/exist.txt"), "not found: does/not/exist.txt"),
+        (dict(texts=None, files=["book1.txt", "book2.txt"]), "not found: book1.txt, book2.txt"),
+        (dict(texts=None, files=[os.devnull + "-missing.txt", __file__]), "not found"),
+        (dict(texts=Dataset.from_dict({"body": ["a b"]})), "no column 'text'"),
         (dict(max_chars=0), "max_chars"),
     ],
 )
 def test_bad_input_raises_value_error(kwargs, message):
-    arguments = dict(source=SMALL_CORPUS, kind="bpe", vocab_size=400, family="decoder") | kwargs
+    arguments = dict(texts=SMALL_CORPUS, kind="bpe", vocab_size=400, family="decoder") | kwargs
     with pytest.raises(ValueError, match=message):
         train_tokenizer(**arguments)
 
@@ -179,11 +189,11 @@ def test_config_values_and_agreement_checks(bpe):
         check_tokenizer_matches(bpe, tiny_decoder_config(vocab_size=len(bpe) - 10, pad_token_id=0, bos_token_id=2, eos_token_id=3))
     with pytest.raises(ValueError, match="eos_token_id"):
         check_tokenizer_matches(bpe, tiny_decoder_config(**{**values, "eos_token_id": 5}))
-    no_pad = train_tokenizer(SMALL_CORPUS, kind="bpe", vocab_size=400, family="decoder")
+    no_pad = train_tokenizer(texts=SMALL_CORPUS, kind="bpe", vocab_size=400, family="decoder")
     no_pad.pad_token = None
     with pytest.raises(ValueError, match="no PAD"):
         check_tokenizer_matches(no_pad, config)
-    encoder = train_tokenizer(SMALL_CORPUS, kind="wordpiece", vocab_size=150, family="encoder")
+    encoder = train_tokenizer(texts=SMALL_CORPUS, kind="wordpiece", vocab_size=150, family="encoder")
     assert config_values(encoder, TrilmEncoderConfig)["mask_token_id"] == 4
     seq2seq = byte_level_tokenizer("seq2seq", num_sentinels=5)
     assert config_values(seq2seq, TrilmSeq2SeqConfig) == {"vocab_size": 264, "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
@@ -228,3 +238,11 @@ assert tok("hello")["input_ids"] == {bpe("hello")["input_ids"]}
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_tokenizer_command_with_missing_files_names_them(tmp_path):
+    config = tmp_path / "tok.yaml"
+    config.write_text("files:\n  - ../nowhere/book1.txt\n  - ../nowhere/book2.txt\nkind: bpe\nvocab_size: 300\n")
+    with pytest.raises(ValueError, match="not found: ../nowhere/book1.txt, ../nowhere/book2.txt"):
+        trilm(["tokenizer", "--config", str(config), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ from .tokenization_trilm import (
     check_tokenizer_matches,
     config_values,
     family_tokens,
+    read_texts,
     train_tokenizer,
     wrap_backend,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "check_tokenizer_matches",
     "config_values",
     "family_tokens",
+    "read_texts",
     "train_tokenizer",
     "wrap_backend",
 ]

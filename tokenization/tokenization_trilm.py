@@ -1,8 +1,8 @@
 """Tokenizers for the three families, trained with the `tokenizers` library and wrapped in transformers'
 fast-tokenizer class, so that collators, TRL, `pipeline()` and the Hub take them as they are.
 
-`train_tokenizer(source, kind, vocab_size, family)` trains byte-level BPE, WordPiece or Unigram on files,
-an iterator of strings or a `datasets.Dataset` column, and returns a `TrilmTokenizer` with the family's
+`train_tokenizer(files=..., kind=, vocab_size=, family=)` (or `texts=...`) trains byte-level BPE, WordPiece or
+Unigram on text files, or on texts: an iterable of strings or a `datasets.Dataset` column. It returns a `TrilmTokenizer` with the family's
 special tokens, post-processor and (decoder) chat template.
 """
 
@@ -83,11 +83,12 @@ class TrilmTokenizer(PreTrainedTokenizerFast):
 
 # --------------------------------------------------------------------------------------------- training
 def train_tokenizer(
-    source: str | os.PathLike | Iterable[str],
+    files: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
+    texts: Iterable[str] | None = None,
+    *,
     kind: str = "bpe",
     vocab_size: int = 32000,
     family: str = "decoder",
-    *,
     text_column: str = "text",
     min_frequency: int = 2,
     max_chars: int | None = None,
@@ -97,8 +98,8 @@ def train_tokenizer(
     model_max_length: int | None = None,
 ) -> TrilmTokenizer:
     """Train a tokenizer of `kind` ("bpe" byte-level, "wordpiece", "unigram") for `family` ("encoder",
-    "decoder", "seq2seq") on `source`: a text file, a list of text files, an iterator of strings, or a
-    `datasets.Dataset` (read from `text_column`). `max_chars` caps how much text is read; `min_frequency`
+    "decoder", "seq2seq") on exactly one source: `files` (a path or a list of paths; a missing one is an
+    error) or `texts` (an iterable of strings, or a `datasets.Dataset` read from `text_column`). `max_chars` caps how much text is read; `min_frequency`
     applies to BPE and WordPiece merges; `lowercase`/`strip_accents` to WordPiece."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is invalid: allowed values are {', '.join(map(repr, KINDS))}.")
@@ -108,9 +109,9 @@ def train_tokenizer(
             f"vocab_size={vocab_size} is too small: byte-level BPE needs the {BYTE_ALPHABET_SIZE} bytes plus "
             f"{len(tokens.specials)} special tokens, i.e. at least {BYTE_ALPHABET_SIZE + len(tokens.specials)}."
         )
-    texts = _nonempty_texts(source, text_column, max_chars)
+    corpus = _nonempty_texts(read_texts(files, texts, text_column), max_chars)
     backend = _backend(kind, tokens.roles["unk_token"], lowercase, strip_accents)
-    backend.train_from_iterator(texts, _trainer(kind, vocab_size, min_frequency, tokens.specials))
+    backend.train_from_iterator(corpus, _trainer(kind, vocab_size, min_frequency, tokens.specials))
     if backend.get_vocab_size() > vocab_size:
         raise ValueError(
             f"vocab_size={vocab_size} is too small: the {len(tokens.specials)} special tokens and the corpus "
@@ -198,43 +199,36 @@ def _trainer(kind: str, vocab_size: int, min_frequency: int, specials: tuple[str
 
 
 # ----------------------------------------------------------------------------------------------- sources
-def _nonempty_texts(source, text_column: str, max_chars: int | None) -> Iterator[str]:
-    """The texts of `source`, checked to be there and not empty before training starts."""
-    texts = iter(_capped(_texts(source, text_column), max_chars))
+def read_texts(files=None, texts=None, text_column: str = "text") -> Iterable[str]:
+    """The texts of exactly one source: the lines of `files` (a path or a list of paths, all checked to
+    exist before anything is read), or `texts` (an iterable of strings, or a `datasets.Dataset`'s
+    `text_column`). Never guesses which a string is."""
+    if (files is None) == (texts is None):
+        raise ValueError("Give exactly one source: files=[paths] for text files, or texts=[strings] (or a datasets.Dataset).")
+    if files is not None:
+        paths = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(p) for p in files]
+        if not paths:
+            raise ValueError("The corpus is empty: files= holds no paths.")
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise ValueError(f"Tokenizer source file(s) not found: {', '.join(missing)}.")
+        return _file_lines(paths)
+    if isinstance(texts, (str, bytes)):
+        raise ValueError("texts= takes an iterable of strings, not one string: pass [text], or files=path for a file.")
+    if _is_dataset(texts):
+        if text_column not in texts.column_names:
+            raise ValueError(f"The dataset has no column {text_column!r}; its columns are {texts.column_names}. Pass text_column=.")
+        return (text for batch in texts.iter(batch_size=1000) for text in batch[text_column])
+    return texts
+
+
+def _nonempty_texts(texts: Iterable[str], max_chars: int | None) -> Iterator[str]:
+    """`texts`, checked to hold some text before training starts."""
+    texts = iter(_capped(texts, max_chars))
     for text in texts:
         if text.strip():
             return itertools.chain((text,), texts)
     raise ValueError("The corpus is empty: the source holds no text to train a tokenizer on.")
-
-
-def _texts(source, text_column: str) -> Iterable[str]:
-    if isinstance(source, (str, os.PathLike)):
-        if not Path(source).is_file():
-            raise ValueError(f"Tokenizer source file not found: {source} (pass a list of strings to train on texts).")
-        return _file_lines([Path(source)])
-    if _is_dataset(source):
-        if text_column not in source.column_names:
-            raise ValueError(f"The dataset has no column {text_column!r}; its columns are {source.column_names}. Pass text_column=.")
-        return (text for batch in source.iter(batch_size=1000) for text in batch[text_column])
-    if isinstance(source, (list, tuple)) and _names_files(source):
-        return _file_lines([Path(p) for p in source])
-    return (text for text in source)
-
-
-def _names_files(items) -> bool:
-    """A list names files when its items are paths, or strings that are all existing files. Strings of
-    which only some exist are taken as file names with typos (an error), none existing as texts."""
-    if not items:
-        raise ValueError("The corpus is empty: the source list holds no files or texts.")
-    if not all(isinstance(item, (str, os.PathLike)) for item in items):
-        return False
-    exists = [Path(item).is_file() for item in items]
-    if all(exists):
-        return True
-    if any(exists) or any(isinstance(item, os.PathLike) for item in items):
-        missing = [str(item) for item, found in zip(items, exists) if not found]
-        raise ValueError(f"Tokenizer source file(s) not found: {', '.join(missing)}.")
-    return False
 
 
 def _file_lines(paths: list[Path]) -> Iterator[str]:
