@@ -9,12 +9,23 @@ import yaml
 from transformers import HfArgumentParser
 
 
-def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str) -> tuple:
+def launch_defaults() -> dict:
+    """Defaults that depend on the machine: `use_cpu` where there is no GPU (so that bf16 autocast runs on
+    the CPU, and under `torchrun` the processes train together over gloo instead of each alone)."""
+    import torch
+
+    accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
+    return {} if accelerator else {"use_cpu": True}
+
+
+def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str, defaults: dict | None = None) -> tuple:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
     parser = HfArgumentParser(dataclass_types, prog=prog)
     parser.add_argument("--config", help="YAML file whose keys give the defaults of the flags below")
+    if defaults:
+        parser.set_defaults(**defaults)
     if known.config:
         parser.set_defaults(**load_yaml(known.config, parser))
     *parsed, _ = parser.parse_args_into_dataclasses(args=rest + (["--config", known.config] if known.config else []))

@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from importlib.metadata import version
 
 
 
-def _tokenizer(argv: list[str]) -> int:
-    from .tokenizer import main
+def _lazy(module: str) -> Callable[[list[str]], int]:
+    """The `main(argv)` of a recipe module, imported only when its command runs, so `trilm --help` is quick."""
 
-    return main(argv)
+    def entry(argv: list[str]) -> int:
+        return importlib.import_module(f"trilm.recipes.{module}").main(argv)
 
-
-def _bench(argv: list[str]) -> int:
-    from .bench import main
-
-    return main(argv)
+    return entry
 
 
-# command name -> (one-line help, entry point taking the remaining argv); imports stay lazy so that
-# `trilm --help` is quick.
+# command name -> (one-line help, entry point taking the remaining argv)
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
-    "tokenizer": ("train a tokenizer on files or a dataset", _tokenizer),
-    "bench": ("time training and generation, optionally against transformers' reference", _bench),
+    "quickstart": ("tokenizer + a tiny model of each family on the built-in corpus, saved, reloaded, sampled", _lazy("quickstart")),
+    "corpus": ("write the built-in corpus to files", _lazy("corpus")),
+    "tokenizer": ("train a tokenizer on files or a dataset", _lazy("tokenizer")),
+    "pretrain": ("masked-LM / causal-LM / span-corruption pretraining on Trainer", _lazy("pretrain")),
+    "bench": ("time training and generation, optionally against transformers' reference", _lazy("bench")),
 }
 
 

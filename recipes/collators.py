@@ -1,0 +1,127 @@
+"""Collators of the pretraining objectives transformers does not ship for PyTorch: causal-LM batches of
+packed documents (with position ids restarting per document), and T5's span corruption.
+
+Both draw any randomness from torch's global generator, which Trainer saves in each checkpoint and
+restores on resume, so a resumed run sees the same batches."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+def document_position_ids(input_ids: torch.Tensor, separator_id: int) -> torch.Tensor:
+    """Positions counted from the start of each packed document: a document starts after each separator."""
+    index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[:, 1:] = input_ids[:, :-1] == separator_id
+    last_start = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - last_start
+
+
+@dataclass
+class CausalLMCollator:
+    """Packed blocks of equal length -> `input_ids` and `labels`. With `reset_position_ids`, `position_ids`
+    restart at 0 after each separator and no attention mask is passed, so transformers' masking keeps each
+    document from attending to the others (as TRL's padding-free batches); the first token of a document
+    is not predicted from the previous one."""
+
+    separator_id: int | None
+    reset_position_ids: bool = False
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        input_ids = torch.tensor([example["input_ids"] for example in examples], dtype=torch.long)
+        batch = {"input_ids": input_ids, "labels": input_ids.clone()}
+        if self.reset_position_ids and self.separator_id is not None:
+            position_ids = document_position_ids(input_ids, self.separator_id)
+            batch["position_ids"] = position_ids
+            batch["labels"][(position_ids == 0) & (torch.arange(input_ids.shape[1]) > 0)] = -100
+        return batch
+
+
+def span_corruption_lengths(inputs_length: int, noise_density: float, mean_noise_span_length: float) -> tuple[int, int]:
+    """(tokens to read per example, target length) such that span corruption of that many tokens gives
+    exactly `inputs_length` input tokens (T5's `compute_input_and_target_lengths`)."""
+
+    def lengths(tokens_length: int) -> tuple[int, int]:
+        noise = int(round(tokens_length * noise_density))
+        spans = max(1, int(round(noise / mean_noise_span_length)))
+        return tokens_length - noise + spans + 1, noise + spans + 1
+
+    tokens_length = inputs_length
+    while lengths(tokens_length + 1)[0] <= inputs_length:
+        tokens_length += 1
+    targets_length = lengths(tokens_length)[1]
+    if noise_density == 0.5 and targets_length > inputs_length:
+        tokens_length, targets_length = tokens_length - 1, targets_length - 1
+    return tokens_length, targets_length
+
+
+def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_length: float) -> torch.Tensor:
+    """A boolean mask of `length` with round(length * noise_density) noise tokens in spans of mean length
+    `mean_noise_span_length`, alternating with non-noise spans and starting with non-noise (T5's)."""
+    num_noise = min(max(int(round(length * noise_density)), 1), length - 1)
+    num_spans = max(1, int(round(num_noise / mean_noise_span_length)))
+
+    def segment_lengths(num_items: int) -> torch.Tensor:
+        # num_items split into num_spans non-empty segments at random.
+        first_in_segment = torch.zeros(num_items, dtype=torch.long)
+        first_in_segment[torch.randperm(num_items - 1)[: num_spans - 1] + 1] = 1
+        return torch.bincount(first_in_segment.cumsum(0), minlength=num_spans)
+
+    interleaved = torch.stack([segment_lengths(length - num_noise), segment_lengths(num_noise)], dim=1).reshape(-1)
+    span_starts = interleaved.cumsum(0)[:-1]
+    indicator = torch.zeros(length, dtype=torch.long)
+    indicator[span_starts] = 1
+    return indicator.cumsum(0) % 2 == 1
+
+
+@dataclass
+class SpanCorruptionCollator:
+    """T5-style span corruption of packed blocks: each noise span is replaced in the input by the next
+    sentinel (`<extra_id_0>`, `<extra_id_1>`, ...); the target lists each sentinel followed by the tokens it
+    replaced; both end with EOS. Blocks of `span_corruption_lengths(...)[0]` tokens give inputs of exactly
+    `inputs_length` and targets of exactly the matching target length."""
+
+    sentinel_ids: list[int]
+    eos_token_id: int
+    noise_density: float = 0.15
+    mean_noise_span_length: float = 3.0
+
+    def __post_init__(self):
+        if not 0 < self.noise_density < 1:
+            raise ValueError(f"noise_density={self.noise_density} must lie in (0, 1).")
+        if self.mean_noise_span_length < 1:
+            raise ValueError(f"mean_noise_span_length={self.mean_noise_span_length} must be at least 1.")
+
+    def corrupt(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = random_spans_noise_mask(len(tokens), self.noise_density, self.mean_noise_span_length)
+        span_starts = noise & ~torch.cat([torch.tensor([False]), noise[:-1]])
+        spans = int(span_starts.sum())
+        if spans > len(self.sentinel_ids):
+            raise ValueError(
+                f"Span corruption needs {spans} sentinel tokens per example but the tokenizer has {len(self.sentinel_ids)}: "
+                "train it with more (num_sentinels) or use shorter blocks."
+            )
+        sentinels = torch.tensor(self.sentinel_ids[:spans])
+        eos = torch.tensor([self.eos_token_id])
+        inputs = tokens.clone()
+        inputs[span_starts] = sentinels
+        # The target: for each noise span, its sentinel then its tokens.
+        target_tokens = []
+        for k, (start, end) in enumerate(_runs(noise)):
+            target_tokens += [self.sentinel_ids[k], *tokens[start:end].tolist()]
+        keep = ~noise | span_starts
+        return torch.cat([inputs[keep], eos]), torch.cat([torch.tensor(target_tokens, dtype=torch.long), eos])
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        pairs = [self.corrupt(torch.tensor(example["input_ids"], dtype=torch.long)) for example in examples]
+        inputs = torch.stack([p[0] for p in pairs])
+        labels = torch.stack([p[1] for p in pairs])
+        return {"input_ids": inputs, "attention_mask": torch.ones_like(inputs), "labels": labels}
+
+
+def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in a 1-D boolean mask."""
+    padded = torch.cat([torch.tensor([False]), mask, torch.tensor([False])]).to(torch.int8)
+    changes = torch.nonzero(padded[1:] - padded[:-1]).flatten().tolist()
+    return list(zip(changes[::2], changes[1::2]))

@@ -1,0 +1,127 @@
+"""Model and tokenizer loading shared by every recipe: a new model from `family` + `model:` config fields,
+or `model_name_or_path` (a trilm checkpoint, or a Llama / BERT / BART folder converted through interop);
+`tokenizer_name_or_path`, or a tokenizer trained on the training text from `tokenizer:`. Tokenizer and
+model are checked to agree before training starts."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+)
+
+import trilm.modeling  # noqa: F401  (registers the Auto classes)
+from trilm.configuration import TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
+from trilm.modeling.interop import from_transformers
+from trilm.tokenization import byte_level_tokenizer, check_tokenizer_matches, config_values, train_tokenizer
+
+CONFIGS = {"encoder": TrilmEncoderConfig, "decoder": TrilmDecoderConfig, "seq2seq": TrilmSeq2SeqConfig}
+FAMILY_OF_MODEL_TYPE = {"trilm_encoder": "encoder", "trilm_decoder": "decoder", "trilm_seq2seq": "seq2seq"}
+# transformers model types that interop converts, and the family they become.
+CONVERTIBLE = {"llama": "decoder", "bert": "encoder", "bart": "seq2seq"}
+PRETRAINING_HEADS = {"encoder": AutoModelForMaskedLM, "decoder": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}
+TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram", "byte")
+
+
+def as_mapping(value, name: str) -> dict:
+    """A `model:` / `tokenizer:` value: a mapping from YAML, or a YAML/JSON string from the command line."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = yaml.safe_load(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a mapping of field names to values, e.g. --{name} '{{hidden_size: 128}}'; got {value!r}.")
+    return value
+
+
+@dataclass
+class ModelArguments:
+    family: str | None = field(default=None, metadata={"help": f"for a new model: {', '.join(CONFIGS)}"})
+    model: dict | str | None = field(default=None, metadata={"help": "config fields of a new model (a mapping)"})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "a trilm checkpoint, or a Llama/BERT/BART folder (converted through interop)"}
+    )
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "a tokenizer folder or Hub name"})
+    tokenizer: dict | str | None = field(
+        default=None, metadata={"help": f"train a tokenizer: kind ({', '.join(TOKENIZER_KINDS)}), vocab_size, ..."}
+    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flex_attention, flash_attention_2"})
+
+    def __post_init__(self):
+        self.model = as_mapping(self.model, "model")
+        self.tokenizer = as_mapping(self.tokenizer, "tokenizer")
+        if self.model_name_or_path is None and self.family is None:
+            raise ValueError(f"Give family ({', '.join(CONFIGS)}) for a new model, or model_name_or_path to start from one.")
+        if self.family is not None and self.family not in CONFIGS:
+            raise ValueError(f"family={self.family!r} does not exist: use one of {', '.join(CONFIGS)}.")
+        if self.model_name_or_path is None:
+            unknown = sorted(set(self.model) - set(CONFIGS[self.family].__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"model: has unknown config fields {', '.join(unknown)} for {CONFIGS[self.family].__name__}.")
+        elif self.model:
+            raise ValueError("model: sets the config of a new model; with model_name_or_path the checkpoint's config is used.")
+        kind = self.tokenizer.get("kind", "bpe")
+        if kind not in TOKENIZER_KINDS:
+            raise ValueError(f"tokenizer: kind={kind!r} does not exist: use one of {', '.join(TOKENIZER_KINDS)}.")
+
+
+def checkpoint_family(path: str) -> tuple[str, str]:
+    """(model_type, family) of a checkpoint folder or Hub name, from its config."""
+    local = Path(path) / "config.json"
+    model_type = json.loads(local.read_text())["model_type"] if local.is_file() else AutoConfig.from_pretrained(path).model_type
+    family = FAMILY_OF_MODEL_TYPE.get(model_type) or CONVERTIBLE.get(model_type)
+    if family is None:
+        raise ValueError(
+            f"{path} holds a {model_type!r} model: trilm continues from trilm checkpoints or converts "
+            f"{', '.join(CONVERTIBLE)} models."
+        )
+    return model_type, family
+
+
+def resolve_family(args: ModelArguments) -> str:
+    if args.model_name_or_path is None:
+        return args.family
+    _, family = checkpoint_family(args.model_name_or_path)
+    if args.family is not None and args.family != family:
+        raise ValueError(f"family={args.family} but {args.model_name_or_path} holds a {family} model.")
+    return family
+
+
+def load_tokenizer(args: ModelArguments, family: str, texts=None):
+    """The tokenizer named, the one saved with `model_name_or_path`, or one trained on `texts`."""
+    source = args.tokenizer_name_or_path
+    if source is None and args.model_name_or_path and not args.tokenizer:
+        source = args.model_name_or_path
+    if source is not None:
+        return AutoTokenizer.from_pretrained(source)
+    options = dict(args.tokenizer)
+    kind = options.pop("kind", "bpe")
+    if kind == "byte":
+        return byte_level_tokenizer(family, **options)
+    if texts is None:
+        raise ValueError("No tokenizer given: set tokenizer_name_or_path, or tokenizer: {kind, vocab_size} to train one.")
+    return train_tokenizer(texts=texts, kind=kind, family=family, **{"vocab_size": 8192, **options})
+
+
+def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None):
+    """The model for `auto_class` (default: the family's pretraining head), checked against the tokenizer."""
+    auto_class = auto_class or PRETRAINING_HEADS[family]
+    extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    if args.model_name_or_path is None:
+        config = CONFIGS[family](**{**config_values(tokenizer, CONFIGS[family]), **args.model})
+        model = auto_class.from_config(config, **extra)
+    else:
+        model_type, _ = checkpoint_family(args.model_name_or_path)
+        if model_type in FAMILY_OF_MODEL_TYPE:
+            model = auto_class.from_pretrained(args.model_name_or_path, **extra)
+        else:
+            model = from_transformers(auto_class.from_pretrained(args.model_name_or_path))
+    check_tokenizer_matches(tokenizer, model.config)
+    return model
+
