@@ -32,9 +32,14 @@ def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str, de
     return tuple(parsed)
 
 
+PRESETS = Path(__file__).parent / "configs"
+
+
 def load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
+    if not Path(path).is_file() and (PRESETS / path).is_file():
+        path = str(PRESETS / path)  # a preset shipped with trilm, by name: --config pretrain-decoder-tiny.yaml
     if not Path(path).is_file():
-        raise ValueError(f"Config file not found: {path}.")
+        raise ValueError(f"Config file not found: {path} (nor a preset of that name in {PRESETS}).")
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except yaml.YAMLError as error:

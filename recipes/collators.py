@@ -1,12 +1,36 @@
 """Collators of the pretraining objectives transformers does not ship for PyTorch: causal-LM batches of
-packed documents (with position ids restarting per document), and T5's span corruption.
+packed documents (with position ids restarting per document), and T5's span corruption; and
+`SeededCollator`, which makes any random collator's batches reproducible across a resume."""
 
-Both draw any randomness from torch's global generator, which Trainer saves in each checkpoint and
-restores on resume, so a resumed run sees the same batches."""
-
+import hashlib
 from dataclasses import dataclass
 
 import torch
+from transformers import TrainerCallback
+
+
+class SeededCollator(TrainerCallback):
+    """Runs a random collator (masking, span corruption) with torch's generator seeded from (seed, epoch,
+    the batch's tokens), in a forked RNG that leaves the global one untouched.
+
+    Trainer's dataloader collates one batch ahead of the step it trains, so the RNG state a checkpoint saves
+    has already drawn the next batch's masks; restored on resume, it would mask that batch differently and
+    the resumed run would drift from the uninterrupted one. Seeded this way, a batch is masked the same
+    whenever it is collated, and differently in every epoch (the callback half keeps the epoch)."""
+
+    def __init__(self, collator, seed: int):
+        self.collator, self.seed, self.epoch = collator, seed, 0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch = int(state.epoch + 1e-6)
+
+    def __call__(self, examples: list[dict]):
+        digest = hashlib.blake2b(f"{self.seed}/{self.epoch}".encode(), digest_size=8)
+        for example in examples:
+            digest.update(torch.as_tensor(example["input_ids"]).numpy().tobytes())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
+            return self.collator(examples)
 
 
 def document_position_ids(input_ids: torch.Tensor, separator_id: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ Argument names are those of transformers' example scripts (`run_clm`, `run_mlm`,
 Everything that can be wrong with the data is checked here, before a model is built or a step is taken.
 """
 
+import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +42,19 @@ class DataArguments:
                 raise ValueError(f"{name}={path} not found: no such file.")
             if path is not None and _suffix(path) not in BUILDERS:
                 raise ValueError(f"{name}={path} has an unknown format; use one of {', '.join(BUILDERS)} (optionally .gz).")
+            if path is not None and _is_blank(path):
+                raise ValueError(f"{name}={path} is empty: it holds no rows.")
         if self.dataset_name and self.train_file:
             raise ValueError("Give dataset_name or train_file, not both.")
         if not 0 <= self.validation_split_percentage < 100:
             raise ValueError(f"validation_split_percentage={self.validation_split_percentage} must lie in [0, 100).")
+
+
+def _is_blank(path: str) -> bool:
+    """Whether a (possibly gzipped) file holds nothing but white space, judged from its first 64 KiB."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return not f.read(1 << 16).strip()
 
 
 def _suffix(path: str) -> str:

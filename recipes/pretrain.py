@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .args import launch_defaults, parse_args
-from .collators import CausalLMCollator, SpanCorruptionCollator, span_corruption_lengths
+from .collators import CausalLMCollator, SeededCollator, SpanCorruptionCollator, span_corruption_lengths
 from .data import DataArguments, load_raw_datasets, pack_texts, require_columns, text_rows
 from .models import ModelArguments, load_model, load_tokenizer, resolve_family
 from .output import final_metrics, save_run, write_arguments
@@ -36,13 +36,13 @@ class PretrainArguments:
     tune_cpu_allocator: bool = field(default=True, metadata={"help": "on CPU, keep freed memory in the heap (~20%% faster steps)"})
 
 
-def objective(family: str, tokenizer, args: PretrainArguments, block_size: int):
+def objective(family: str, tokenizer, args: PretrainArguments, block_size: int, seed: int):
     """(collator, tokens read per example, separator between documents) of the family's objective."""
     if family == "encoder":
         if not 0 < args.mlm_probability < 1:
             raise ValueError(f"mlm_probability={args.mlm_probability} must lie in (0, 1).")
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=args.mlm_probability, whole_word_mask=args.whole_word_mask)
-        return collator, block_size, tokenizer.sep_token_id
+        return SeededCollator(collator, seed), block_size, tokenizer.sep_token_id
     if family == "decoder":
         return CausalLMCollator(tokenizer.eos_token_id, args.reset_position_ids), block_size, tokenizer.eos_token_id
     sentinels = [tokenizer.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(len(tokenizer))]
@@ -52,7 +52,7 @@ def objective(family: str, tokenizer, args: PretrainArguments, block_size: int):
                          "use a seq2seq tokenizer (trilm.tokenization.train_tokenizer(..., family='seq2seq')).")
     collator = SpanCorruptionCollator(sentinels, tokenizer.eos_token_id, args.noise_density, args.mean_noise_span_length)
     read_length, _ = span_corruption_lengths(block_size, args.noise_density, args.mean_noise_span_length)
-    return collator, read_length, tokenizer.eos_token_id
+    return SeededCollator(collator, seed), read_length, tokenizer.eos_token_id
 
 
 def run(
@@ -61,6 +61,7 @@ def run(
     start = time.perf_counter()
     if args.tune_cpu_allocator and not torch.cuda.is_available():
         tune_cpu_allocator()
+    set_seed(training_args.seed)  # before the model is built: its initial weights come from this seed
     family = resolve_family(model_args)
     raw = load_raw_datasets(data_args)
     text_column = data_args.text_column_name or "text"
@@ -70,7 +71,7 @@ def run(
     block_size = data_args.block_size or min(model.config.max_position_embeddings, 1024)
     if block_size > model.config.max_position_embeddings and model.config.position_embedding_type == "learned":
         raise ValueError(f"block_size={block_size} exceeds the model's max_position_embeddings={model.config.max_position_embeddings}.")
-    collator, read_length, separator = objective(family, tokenizer, args, block_size)
+    collator, read_length, separator = objective(family, tokenizer, args, block_size, training_args.seed)
     separator = separator if args.separate_documents else None
     with training_args.main_process_first(desc="tokenizing and packing"):
         packed = {
@@ -91,6 +92,7 @@ def run(
         eval_dataset=packed.get("validation"),
         data_collator=collator,
         processing_class=tokenizer,
+        callbacks=[collator] if isinstance(collator, TrainerCallback) else None,
     )
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     eval_metrics = trainer.evaluate() if "validation" in packed else {}
@@ -101,7 +103,10 @@ def run(
     return trainer, metrics
 
 
+ARGUMENT_TYPES = (ModelArguments, DataArguments, PretrainArguments, TrainingArguments)
+
+
 def main(argv: list[str]) -> int:
-    arguments = parse_args((ModelArguments, DataArguments, PretrainArguments, TrainingArguments), argv, "trilm pretrain", launch_defaults())
+    arguments = parse_args(ARGUMENT_TYPES, argv, "trilm pretrain", launch_defaults())
     run(*arguments)
     return 0
