@@ -15,6 +15,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+import trilm.tokenization  # noqa: F401  (registers TrilmTokenizer with AutoTokenizer: saved folders load without prompts)
 from trilm.configuration import TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
 
 from .decoder import (

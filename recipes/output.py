@@ -75,7 +75,7 @@ def final_metrics(train_output, eval_metrics: dict, tokens_per_sample: int | Non
     return metrics
 
 
-def model_card(model, recipe: str, metrics: dict, data: str, run_args: dict) -> str:
+def model_card(model, recipe: str, metrics: dict, data: str) -> str:
     config = model.config
     parameters = sum(p.numel() for p in model.parameters())
     lines = [
@@ -124,4 +124,4 @@ def save_run(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, d
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     plot_loss(trainer.state.log_history, output_dir / "loss.png", f"trilm {recipe}")
     model = trainer.accelerator.unwrap_model(trainer.model)
-    (output_dir / "README.md").write_text(model_card(model, recipe, metrics, data, resolved_arguments(*arguments)))
+    (output_dir / "README.md").write_text(model_card(model, recipe, metrics, data))

@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -279,3 +280,65 @@ def test_every_preset_parses(tmp_path):
     for preset in presets:
         parsed = pretrain.parse_args(pretrain.ARGUMENT_TYPES, ["--config", str(preset)], "trilm pretrain", pretrain.launch_defaults())
         assert parsed[0].family in ("encoder", "decoder", "seq2seq"), preset.name
+
+
+def test_a_second_run_reads_its_packed_blocks_from_the_datasets_cache(tmp_path):
+    from trilm.recipes.data import DataArguments, load_raw_datasets, pack_texts
+    from trilm.tokenization import byte_level_tokenizer
+
+    text = tmp_path / "book.txt"
+    text.write_text("\n".join(row["text"] for row in build_corpus(0)["text"]["train"][:300]))
+    cache_files = []
+    for _ in range(2):
+        raw = load_raw_datasets(DataArguments(train_file=str(text)))
+        tokenizer = byte_level_tokenizer("decoder")  # a new object each run, as in a new process
+        packed = pack_texts(raw["train"], tokenizer, "text", 64, tokenizer.eos_token_id)
+        cache_files.append([f["filename"] for f in packed.cache_files])
+    assert cache_files[0] and cache_files[0] == cache_files[1]
+
+
+def test_whole_word_masking_streaming_and_a_saved_dataset_folder(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"text": row["text"]} for row in build_corpus(0)["text"]["train"][:200]]
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(tmp_path / "dataset")
+    encoder = tiny_config(tmp_path, "encoder", whole_word_mask=True, output_dir=str(tmp_path / "wwm"))
+    assert trilm(["pretrain", "--config", str(encoder), "--dataset_name", str(tmp_path / "dataset")]) == 0
+    assert json.loads((tmp_path / "wwm" / "metrics.json").read_text())["eval_loss"] > 0
+    decoder = tiny_config(tmp_path, "decoder", streaming=True, output_dir=str(tmp_path / "stream"))
+    assert trilm(["pretrain", "--config", str(decoder)]) == 0
+    assert json.loads((tmp_path / "stream" / "metrics.json").read_text())["train_loss"] > 0
+
+
+def test_pretraining_continues_from_a_trilm_checkpoint_and_from_a_llama_folder(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trilm.tokenization import byte_level_tokenizer
+
+    first = tiny_config(tmp_path, "decoder", output_dir=str(tmp_path / "first"))
+    assert trilm(["pretrain", "--config", str(first)]) == 0
+    more = tiny_config(tmp_path, "decoder", model=None, tokenizer=None, output_dir=str(tmp_path / "more"))
+    more.write_text(more.read_text().replace("family: decoder\n", ""))  # the family comes from the checkpoint
+    assert trilm(["pretrain", "--config", str(more), "--model_name_or_path", str(tmp_path / "first")]) == 0
+    assert not torch.equal(weights(tmp_path / "first")["model.embed_tokens.weight"], weights(tmp_path / "more")["model.embed_tokens.weight"])
+
+    tokenizer = byte_level_tokenizer("decoder")
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=2, eos_token_id=3))
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    converted = tiny_config(tmp_path, "decoder", model=None, tokenizer=None, output_dir=str(tmp_path / "from-llama"))
+    assert trilm(["pretrain", "--config", str(converted), "--model_name_or_path", str(tmp_path / "llama")]) == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "from-llama").config.model_type == "trilm_decoder"
+
+
+def test_quickstart_trains_saves_reloads_and_samples_every_family(tmp_path, capsys):
+    assert trilm(["quickstart", "--output_dir", str(tmp_path), "--max_steps", "6"]) == 0
+    printed = capsys.readouterr().out
+    for family, head in HEADS.items():
+        assert f"saved in {tmp_path / family}" in printed
+        assert head.from_pretrained(tmp_path / family).config.model_type == f"trilm_{family}"
+        line = next(line for line in printed.splitlines() if line.startswith(family))
+        start, end = (float(x) for x in re.findall(r"eval loss ([\d.]+) at step 0 -> ([\d.]+)", line)[0])
+        assert end < start, line
+    assert "AutoModelForCausalLM.from_pretrained" in printed and "Next:" in printed
