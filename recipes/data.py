@@ -62,6 +62,15 @@ def _suffix(path: str) -> str:
     return suffixes[-2] if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1 else Path(path).suffix
 
 
+def file_builder(path: str, keep_linebreaks: bool = True) -> tuple[str, dict]:
+    """The `datasets` builder that reads a data file, and its options: `load_dataset(builder, data_files=..., **options)`."""
+    builder = BUILDERS.get(_suffix(path), "text")
+    options = {"keep_linebreaks": keep_linebreaks} if builder == "text" else {}
+    if _suffix(path) == ".tsv":
+        options["delimiter"] = "\t"
+    return builder, options
+
+
 def load_raw_datasets(args: DataArguments, builtin_kind: str = "text"):
     """Train and validation rows (a `DatasetDict`, or an `IterableDatasetDict` when streaming) from
     `dataset_name`, from files, or else from the built-in corpus's `builtin_kind`. Raises a `ValueError`
@@ -77,10 +86,7 @@ def load_raw_datasets(args: DataArguments, builtin_kind: str = "text"):
     elif args.train_file:
         files = {"train": args.train_file}
         files.update({split: getattr(args, f"{split}_file") for split in ("validation", "test") if getattr(args, f"{split}_file")})
-        builder = BUILDERS[_suffix(args.train_file)]
-        options = {"keep_linebreaks": args.keep_linebreaks} if builder == "text" else {}
-        if _suffix(args.train_file) == ".tsv":
-            options["delimiter"] = "\t"
+        builder, options = file_builder(args.train_file, args.keep_linebreaks)
         raw = load_dataset(builder, data_files=files, streaming=args.streaming, **options)
     else:
         raw = load_builtin(builtin_kind, args.corpus_seed)

@@ -18,6 +18,7 @@ from trilm.tokenization import FAMILIES, KINDS, train_tokenizer
 from trilm.tokenization.tokenization_trilm import _capped, read_texts
 
 from .args import parse_args
+from .data import file_builder
 
 
 @dataclass
@@ -127,9 +128,8 @@ def _dataset(args: TokenizerArguments):
     if path.is_dir() and (path / "dataset_info.json").exists():
         return load_from_disk(str(path))
     if path.is_file():
-        builder = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-        extra = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-        return load_dataset(builder.get(path.suffix, "text"), data_files=str(path), split=args.dataset_split, **extra)
+        builder, options = file_builder(str(path), keep_linebreaks=False)
+        return load_dataset(builder, data_files=str(path), split=args.dataset_split, **options)
     return load_dataset(args.dataset_name, args.dataset_config, split=args.dataset_split)
 
 
