@@ -107,6 +107,10 @@ class World:
 
 
 # ------------------------------------------------------------------------------------------ sentences
+def with_article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def number(n: int, rng: random.Random) -> str:
     return NUMBER_WORDS[n] if n < len(NUMBER_WORDS) and rng.random() < 0.3 else str(n)
 
@@ -114,7 +118,7 @@ def number(n: int, rng: random.Random) -> str:
 def fact_sentences(p: Person) -> list[str]:
     return [
         f"{p.name} lives in {p.city}.",
-        f"{p.name} has {'an' if p.color[0] in 'aeiou' else 'a'} {p.color} {p.pet}.",
+        f"{p.name} has {with_article(p.color)} {p.pet}.",
         f"{p.name} is {p.age} years old.",
         f"{p.first} likes to eat {p.food}.",
     ]
@@ -222,7 +226,7 @@ def _passages(world: World, count: int) -> list[dict]:
         p = people[0]
         question, field = world.rng.choice(questions)
         answer = str(getattr(p, field))
-        anchor = {"city": f"{p.name} lives in ", "pet": f"{p.name} has {'an' if p.color[0] in 'aeiou' else 'a'} {p.color} ", "age": f"{p.name} is "}[field]
+        anchor = {"city": f"{p.name} lives in ", "pet": f"{p.name} has {with_article(p.color)} ", "age": f"{p.name} is "}[field]
         start = context.index(anchor) + len(anchor)
         assert context[start : start + len(answer)] == answer
         rows.append(

@@ -7,6 +7,7 @@ encoder, causal LM on packed documents for the decoder, T5's span corruption for
 Parse -> load data -> tokenizer and model -> pack -> train -> write the output folder (`recipes/output.py`).
 """
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -45,8 +46,9 @@ def objective(family: str, tokenizer, args: PretrainArguments, block_size: int, 
         return SeededCollator(collator, seed), block_size, tokenizer.sep_token_id
     if family == "decoder":
         return CausalLMCollator(tokenizer.eos_token_id, args.reset_position_ids), block_size, tokenizer.eos_token_id
-    sentinels = [tokenizer.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(len(tokenizer))]
-    sentinels = sentinels[: next((i for i, t in enumerate(sentinels) if t in (None, tokenizer.unk_token_id)), len(sentinels))]
+    vocab = tokenizer.get_vocab()
+    names = itertools.takewhile(vocab.__contains__, (f"<extra_id_{i}>" for i in itertools.count()))
+    sentinels = [vocab[name] for name in names]
     if not sentinels:
         raise ValueError("Span corruption needs sentinel tokens <extra_id_0>, <extra_id_1>, ... and the tokenizer has none: "
                          "use a seq2seq tokenizer (trilm.tokenization.train_tokenizer(..., family='seq2seq')).")

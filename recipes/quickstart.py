@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelFo
 
 from . import pretrain
 from .args import PRESETS, launch_defaults, parse_args
-from .corpus import World
+from .corpus import World, with_article
 
 FAMILIES = ("encoder", "decoder", "seq2seq")
 
@@ -44,7 +44,7 @@ def sample(family: str, folder: str, seed: int) -> str:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if family == "encoder":
         model = AutoModelForMaskedLM.from_pretrained(folder).eval()
-        text = f"{person.name} has {'an' if person.color[0] in 'aeiou' else 'a'} {person.color} {tokenizer.mask_token}."
+        text = f"{person.name} has {with_article(person.color)} {tokenizer.mask_token}."
         inputs = tokenizer(text, return_tensors="pt")
         with torch.no_grad():
             logits = model(**inputs).logits[0, inputs["input_ids"][0].tolist().index(tokenizer.mask_token_id)]
