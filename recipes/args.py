@@ -51,3 +51,17 @@ def load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
     if unknown:
         raise ValueError(f"Config file {path} has unknown keys: {', '.join(unknown)}. Run with --help for the accepted ones.")
     return values
+
+
+def peek_option(argv: list[str], name: str):
+    """The value of `--name` from the command line, else from the `--config` YAML, before full parsing (a
+    recipe picks its argument classes by it, as `task` picks the trainer's)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument(f"--{name}")
+    known, _ = pre.parse_known_args(argv)
+    if getattr(known, name) is not None or not known.config:
+        return getattr(known, name)
+    path = Path(known.config) if Path(known.config).is_file() else PRESETS / known.config
+    values = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return values.get(name) if isinstance(values, dict) else None

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "corpus": ("write the built-in corpus to files", _lazy("corpus")),
     "tokenizer": ("train a tokenizer on files or a dataset", _lazy("tokenizer")),
     "pretrain": ("masked-LM / causal-LM / span-corruption pretraining on Trainer", _lazy("pretrain")),
+    "finetune": ("task fine-tuning with PEFT/LoRA: classification, tagging, extractive QA, SFT, seq2seq", _lazy("finetune")),
     "bench": ("time training and generation, optionally against transformers' reference", _lazy("bench")),
 }
 

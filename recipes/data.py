@@ -6,6 +6,8 @@ Everything that can be wrong with the data is checked here, before a model is bu
 """
 
 import gzip
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from .corpus import load_builtin
 
 # File suffix (after any .gz) -> the `datasets` builder that reads it.
 BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+# Token-per-line files of tagged sentences (CoNLL-2003, UNER's .iob2, CoNLL-U), read by `read_conll`.
+TAGGED_SUFFIXES = (".conll", ".conllu", ".iob", ".iob2", ".bio")
 
 
 @dataclass
@@ -34,14 +38,22 @@ class DataArguments:
     block_size: int | None = field(default=None, metadata={"help": "tokens per training sequence (default: the model's maximum, at most 1024)"})
     keep_linebreaks: bool = field(default=True, metadata={"help": "keep line breaks when reading .txt files"})
     corpus_seed: int = field(default=0, metadata={"help": "seed of the built-in corpus, used when no data is given"})
+    conll_word_column: int | None = field(
+        default=None, metadata={"help": "CoNLL-style files: the column holding the word (default 1 when lines start with an index, else 0)"}
+    )
+    conll_tag_column: int | None = field(
+        default=None, metadata={"help": "CoNLL-style files: the column holding the tag (default 2 when lines start with an index, else the last)"}
+    )
 
     def __post_init__(self):
         for name in ("train_file", "validation_file", "test_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}={path} not found: no such file.")
-            if path is not None and _suffix(path) not in BUILDERS:
-                raise ValueError(f"{name}={path} has an unknown format; use one of {', '.join(BUILDERS)} (optionally .gz).")
+            if path is not None and _suffix(path) not in (*BUILDERS, *TAGGED_SUFFIXES):
+                raise ValueError(
+                    f"{name}={path} has an unknown format; use one of {', '.join((*BUILDERS, *TAGGED_SUFFIXES))} (optionally .gz)."
+                )
             if path is not None and _is_blank(path):
                 raise ValueError(f"{name}={path} is empty: it holds no rows.")
         if self.dataset_name and self.train_file:
@@ -75,7 +87,7 @@ def load_raw_datasets(args: DataArguments, builtin_kind: str = "text"):
     """Train and validation rows (a `DatasetDict`, or an `IterableDatasetDict` when streaming) from
     `dataset_name`, from files, or else from the built-in corpus's `builtin_kind`. Raises a `ValueError`
     for an empty training set."""
-    from datasets import DatasetDict, IterableDatasetDict, load_dataset, load_from_disk
+    from datasets import Dataset, DatasetDict, IterableDatasetDict, load_dataset, load_from_disk
 
     if args.dataset_name:
         path = Path(args.dataset_name)
@@ -86,12 +98,23 @@ def load_raw_datasets(args: DataArguments, builtin_kind: str = "text"):
     elif args.train_file:
         files = {"train": args.train_file}
         files.update({split: getattr(args, f"{split}_file") for split in ("validation", "test") if getattr(args, f"{split}_file")})
-        builder, options = file_builder(args.train_file, args.keep_linebreaks)
-        raw = load_dataset(builder, data_files=files, streaming=args.streaming, **options)
+        if _suffix(args.train_file) in TAGGED_SUFFIXES or is_squad_json(args.train_file):
+            raw = DatasetDict({split: Dataset.from_list(read_rows(path, args)) for split, path in files.items()})
+        else:
+            builder, options = file_builder(args.train_file, args.keep_linebreaks)
+            raw = load_dataset(builder, data_files=files, streaming=args.streaming, **options)
     else:
         raw = load_builtin(builtin_kind, args.corpus_seed)
         if args.streaming:
             raw = IterableDatasetDict({split: rows.to_iterable_dataset() for split, rows in raw.items()})
+    return finish_splits(raw, args)
+
+
+def finish_splits(raw, args: DataArguments):
+    """`raw` with a validation split (cut from the training rows when it has none), checked not to be empty,
+    and cut to max_train_samples / max_eval_samples."""
+    from datasets import DatasetDict
+
     if "train" not in raw:
         raise ValueError(f"The dataset has no 'train' split; its splits are {list(raw)}.")
     raw = _with_validation(raw, args)
@@ -102,6 +125,83 @@ def load_raw_datasets(args: DataArguments, builtin_kind: str = "text"):
         if limit is not None and split in raw:
             raw[split] = raw[split].take(limit) if args.streaming else raw[split].select(range(min(limit, len(raw[split]))))
     return raw if args.streaming else DatasetDict(raw)
+
+
+def _open_text(path: str):
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def is_squad_json(path: str) -> bool:
+    """Whether a .json file is SQuAD's published layout ({"data": [{"paragraphs": [...]}]}), judged from its start."""
+    if _suffix(path) != ".json":
+        return False
+    with _open_text(path) as f:
+        head = f.read(1 << 16)
+    return head.lstrip().startswith("{") and '"paragraphs"' in head
+
+
+def read_lines(path: str) -> list[str]:
+    """The lines of a (possibly gzipped) text file, without their line breaks."""
+    with _open_text(path) as f:
+        return f.read().splitlines()
+
+
+def read_rows(path: str, args: DataArguments) -> list[dict]:
+    """The rows of a file `datasets` has no builder for: CoNLL-style tagged sentences or SQuAD's JSON."""
+    return read_conll(path, args.conll_word_column, args.conll_tag_column) if _suffix(path) in TAGGED_SUFFIXES else read_squad(path)
+
+
+def read_conll(path: str, word_column: int | None = None, tag_column: int | None = None) -> list[dict]:
+    """Sentences of a token-per-line file as {"tokens": [...], "tags": [...]} rows: columns split by tabs (or
+    white space), a blank line between sentences, `#` comment lines and CoNLL-2003's -DOCSTART- lines skipped,
+    CoNLL-U's multi-word ranges (1-2) and empty nodes (1.1) skipped. When lines start with an index (UNER,
+    CoNLL-U) the word is column 1 and the tag column 2; otherwise (CoNLL-2003) the word is column 0 and the
+    tag the last column. `word_column` / `tag_column` choose others."""
+    rows, tokens, tags = [], [], []
+    with _open_text(path) as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if line.startswith("#") or line.startswith("-DOCSTART-"):
+                continue
+            if not line.strip():
+                if tokens:
+                    rows.append({"tokens": tokens, "tags": tags})
+                tokens, tags = [], []
+                continue
+            fields = line.split("\t") if "\t" in line else line.split()
+            indexed = fields[0].isdigit() or bool(re.fullmatch(r"\d+[-.]\d+", fields[0]))
+            if indexed and not fields[0].isdigit():
+                continue
+            word = word_column if word_column is not None else (1 if indexed else 0)
+            tag = tag_column if tag_column is not None else (2 if indexed else -1)
+            if max(word, tag) >= len(fields):
+                raise ValueError(f"{path}, line {number}: {len(fields)} columns, but the word is read from column {word} "
+                                 f"and the tag from column {tag}. Set conll_word_column / conll_tag_column.")
+            tokens.append(fields[word])
+            tags.append(fields[tag])
+    if tokens:
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def read_squad(path: str) -> list[dict]:
+    """SQuAD v1/v2 JSON as published, flattened to rows with the columns of the `squad` dataset: id, title,
+    context, question, answers = {"text": [...], "answer_start": [...]} (empty for unanswerable questions)."""
+    with _open_text(path) as f:
+        articles = json.load(f)["data"]
+    rows = []
+    for article in articles:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                rows.append({
+                    "id": qa["id"],
+                    "title": article.get("title", ""),
+                    "context": paragraph["context"],
+                    "question": qa["question"],
+                    "answers": {"text": [a["text"] for a in answers], "answer_start": [a["answer_start"] for a in answers]},
+                })
+    return rows
 
 
 def _with_validation(raw, args: DataArguments):

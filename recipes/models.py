@@ -109,19 +109,29 @@ def load_tokenizer(args: ModelArguments, family: str, texts=None):
     return train_tokenizer(texts=texts, kind=kind, family=family, **{"vocab_size": 8192, **options})
 
 
-def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None):
-    """The model for `auto_class` (default: the family's pretraining head), checked against the tokenizer."""
+def max_positions(args: ModelArguments, family: str) -> int:
+    """The longest input the model takes, from its config (before the model is built)."""
+    if args.model_name_or_path is None:
+        config = CONFIGS[family](**args.model)
+    else:
+        config = AutoConfig.from_pretrained(args.model_name_or_path)
+    return config.max_position_embeddings
+
+
+def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **config_fields):
+    """The model for `auto_class` (default: the family's pretraining head), checked against the tokenizer.
+    `config_fields` set task values of the config (num_labels, id2label, ...)."""
     auto_class = auto_class or PRETRAINING_HEADS[family]
     extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     if args.model_name_or_path is None:
-        config = CONFIGS[family](**{**config_values(tokenizer, CONFIGS[family]), **args.model})
+        config = CONFIGS[family](**{**config_values(tokenizer, CONFIGS[family]), **args.model, **config_fields})
         model = auto_class.from_config(config, **extra)
     else:
         model_type, _ = checkpoint_family(args.model_name_or_path)
         if model_type in FAMILY_OF_MODEL_TYPE:
-            model = auto_class.from_pretrained(args.model_name_or_path, **extra)
+            model = auto_class.from_pretrained(args.model_name_or_path, **extra, **config_fields)
         else:
-            model = from_transformers(auto_class.from_pretrained(args.model_name_or_path))
+            model = from_transformers(auto_class.from_pretrained(args.model_name_or_path, **config_fields))
     check_tokenizer_matches(tokenizer, model.config)
     return model
 

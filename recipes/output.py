@@ -66,8 +66,9 @@ def plot_loss(log_history: list[dict], path: Path, title: str) -> None:
 
 
 def final_metrics(train_output, eval_metrics: dict, tokens_per_sample: int | None) -> dict:
-    """Trainer's train_* and eval_* figures, with eval_perplexity and tokens per second added."""
-    metrics = {**train_output.metrics, **eval_metrics}
+    """Trainer's train_* (`train_output` None when not training) and eval_* figures, with eval_perplexity
+    and tokens per second added."""
+    metrics = {**(train_output.metrics if train_output is not None else {}), **eval_metrics}
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 700))
     if tokens_per_sample and "train_samples_per_second" in metrics:
@@ -125,3 +126,25 @@ def save_run(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, d
     plot_loss(trainer.state.log_history, output_dir / "loss.png", f"trilm {recipe}")
     model = trainer.accelerator.unwrap_model(trainer.model)
     (output_dir / "README.md").write_text(model_card(model, recipe, metrics, data))
+
+
+def write_predictions(output_dir: str, rows: list[dict]) -> None:
+    """`predictions.jsonl`: one JSON object per evaluated example (input, reference, prediction)."""
+    lines = (json.dumps(row, ensure_ascii=False, default=_plain_number) + "\n" for row in rows)
+    (Path(output_dir) / "predictions.jsonl").write_text("".join(lines), encoding="utf-8")
+
+
+def _plain_number(value):
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def save_merged(trainer, tokenizer) -> Path | None:
+    """With LoRA, the adapter merged into the base weights as a plain checkpoint in `output_dir/merged`,
+    loadable without PEFT (main process only). Returns its path."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not trainer.is_world_process_zero():
+        return None
+    path = Path(trainer.args.output_dir) / "merged"
+    model.merge_and_unload().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

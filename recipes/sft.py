@@ -1,0 +1,143 @@
+"""Instruction tuning (`task: sft`) on TRL's `SFTTrainer`: conversations (`messages`), prompt/completion
+rows, Alpaca-style instruction files (`instruction` / `input` / `output`, or `response`) and question/answer
+rows (the built-in corpus), all rendered through the tokenizer's chat template with the loss on assistant
+tokens only. Packing (`packing: true`) keeps packed conversations from attending to each other
+(position ids restart per conversation). Metric: held-out loss, and where answers can be checked (the
+built-in corpus, or `question`/`answer` rows) the exact-match accuracy of greedy answers to held-out
+questions, before and after training."""
+
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, set_seed
+from trl import SFTTrainer
+from trl.trainer.utils import get_peft_config
+
+from .corpus import check_answer
+from .data import column_names, load_raw_datasets
+from .models import load_model, load_tokenizer, resolve_family
+from .output import final_metrics, save_merged, save_run, write_arguments, write_predictions
+from .runtime import tune_cpu_allocator
+
+families = ("decoder",)
+
+
+def to_conversation(row: dict) -> dict:
+    """One row as TRL's conversational prompt/completion (or `messages`) format."""
+    if "messages" in row:
+        return {"messages": row["messages"]}
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str):
+            prompt, completion = [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
+        return {"prompt": prompt, "completion": completion}
+    if "instruction" in row:
+        response = row.get("output", row.get("response"))
+        request = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+    else:
+        request, response = row["question"], row["answer"]
+    return {"prompt": [{"role": "user", "content": request}], "completion": [{"role": "assistant", "content": response}]}
+
+
+def check_columns(dataset, split: str) -> None:
+    names = set(column_names(dataset))
+    layouts = ({"messages"}, {"prompt", "completion"}, {"instruction", "output"}, {"instruction", "response"}, {"question", "answer"})
+    if not any(layout <= names for layout in layouts):
+        raise ValueError(
+            f"The {split} data has columns {', '.join(sorted(names))}; sft reads messages, prompt/completion, "
+            "instruction/input/output (or response), or question/answer."
+        )
+
+
+def conversations(raw):
+    for split, rows in raw.items():
+        check_columns(rows, split)
+    return raw.map(to_conversation, remove_columns=column_names(raw["train"]))
+
+
+def held_out_questions(raw, checkable: bool) -> list[dict]:
+    """Questions with checkable answers from the split no stage trains on (`test`, else `validation`)."""
+    split = "test" if "test" in raw else "validation"
+    if not checkable or split not in raw:
+        return []
+    return [{"question": row["question"], "answer": row["answer"]} for row in raw[split]]
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
+    """Greedy replies to single-turn questions, rendered through the chat template."""
+    model.eval()
+    stops = [t for t in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id) if t is not None and t != tokenizer.unk_token_id]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    device = next(model.parameters()).device
+    replies = []
+    try:
+        for i in range(0, len(questions), batch_size):
+            prompts = [
+                tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+                for q in questions[i : i + batch_size]
+            ]
+            batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
+            batch.pop("token_type_ids", None)
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+            replies += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return [reply.strip() for reply in replies]
+
+
+def answer_accuracy(model, tokenizer, questions: list[dict], max_new_tokens: int) -> tuple[float, list[dict]]:
+    replies = generate_answers(model, tokenizer, [q["question"] for q in questions], max_new_tokens)
+    rows = [{**q, "prediction": r, "correct": check_answer(r, q["answer"])} for q, r in zip(questions, replies)]
+    return sum(row["correct"] for row in rows) / max(len(rows), 1), rows
+
+
+def run(model_args, data_args, args, training_args):
+    start = time.perf_counter()
+    if args.tune_cpu_allocator and not torch.cuda.is_available():
+        tune_cpu_allocator()
+    set_seed(training_args.seed)
+    from .finetune import check_family
+
+    family = resolve_family(model_args)
+    check_family("sft", families, family)
+    raw = load_raw_datasets(data_args, "qa")
+    checkable = {"question", "answer"} <= set(column_names(raw["train"]))
+    questions = held_out_questions(raw, checkable)
+    chats = conversations(raw)
+    tokenizer = load_tokenizer(model_args, family, texts=(str(row) for row in chats["train"]))
+    if tokenizer.chat_template is None:
+        raise ValueError("sft renders conversations through the tokenizer's chat template, and this tokenizer has none.")
+    model = load_model(model_args, family, tokenizer, AutoModelForCausalLM)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    metrics = {}
+    if questions and training_args.do_train:
+        metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)
+    if model_args.use_peft:
+        model_args.lora_task_type = model_args.lora_task_type or "CAUSAL_LM"
+    arguments = (model_args, data_args, args, training_args)
+    if training_args.process_index == 0:
+        write_arguments(training_args.output_dir, *arguments)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=chats["train"],
+        eval_dataset=chats.get("validation"),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args) if model_args.use_peft else None,
+    )
+    if training_args.do_train:
+        metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
+    if "validation" in chats and training_args.do_eval:
+        metrics |= final_metrics(None, trainer.evaluate(), None)
+    rows = []
+    if questions:
+        metrics["eval_answer_accuracy"], rows = answer_accuracy(trainer.model, tokenizer, questions, args.max_new_tokens)
+    metrics["wall_time"] = time.perf_counter() - start
+    data = data_args.train_file or data_args.dataset_name or f"the trilm built-in corpus (seed {data_args.corpus_seed})"
+    save_run(trainer, tokenizer, "finetune", arguments, metrics, data)
+    if rows and trainer.is_world_process_zero():
+        write_predictions(training_args.output_dir, rows)
+    if args.merge:
+        save_merged(trainer, tokenizer)
+    return trainer, metrics
