@@ -37,6 +37,10 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for tokenization"})
     block_size: int | None = field(default=None, metadata={"help": "tokens per training sequence (default: the model's maximum, at most 1024)"})
     keep_linebreaks: bool = field(default=True, metadata={"help": "keep line breaks when reading .txt files"})
+    train_target_file: str | None = field(
+        default=None, metadata={"help": "seq2seq: target lines aligned with the lines of train_file (both read as plain lines)"}
+    )
+    validation_target_file: str | None = field(default=None, metadata={"help": "seq2seq: target lines aligned with validation_file"})
     corpus_seed: int = field(default=0, metadata={"help": "seed of the built-in corpus, used when no data is given"})
     conll_word_column: int | None = field(
         default=None, metadata={"help": "CoNLL-style files: the column holding the word (default 1 when lines start with an index, else 0)"}
@@ -46,11 +50,16 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        for name in ("train_file", "validation_file", "test_file"):
+        line_aligned = self.train_target_file is not None  # any suffix (train.en, train.de.gz): read as lines
+        if self.validation_target_file and not self.validation_file:
+            raise ValueError("validation_target_file is aligned with validation_file: give both.")
+        if line_aligned and self.validation_file and not self.validation_target_file:
+            raise ValueError("validation_file with train_target_file needs validation_target_file, the aligned target lines.")
+        for name in ("train_file", "validation_file", "test_file", "train_target_file", "validation_target_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}={path} not found: no such file.")
-            if path is not None and _suffix(path) not in (*BUILDERS, *TAGGED_SUFFIXES):
+            if path is not None and not line_aligned and _suffix(path) not in (*BUILDERS, *TAGGED_SUFFIXES):
                 raise ValueError(
                     f"{name}={path} has an unknown format; use one of {', '.join((*BUILDERS, *TAGGED_SUFFIXES))} (optionally .gz)."
                 )

@@ -66,8 +66,6 @@ class FinetuneArguments:
     target_lang: str | None = field(default=None, metadata={"help": "seq2seq: target language key, or column"})
     source_column_name: str | None = field(default=None, metadata={"help": "seq2seq: the source column (default: source_lang, or 'source')"})
     target_column_name: str | None = field(default=None, metadata={"help": "seq2seq: the target column (default: target_lang, or 'target')"})
-    train_target_file: str | None = field(default=None, metadata={"help": "seq2seq: target lines aligned with the lines of train_file"})
-    validation_target_file: str | None = field(default=None, metadata={"help": "seq2seq: target lines aligned with validation_file"})
     source_prefix: str = field(default="", metadata={"help": "seq2seq: text put before every source (T5-style task prefix)"})
     max_target_length: int | None = field(default=None, metadata={"help": "seq2seq: tokens per target (default max_seq_length)"})
     max_new_tokens: int = field(default=32, metadata={"help": "sft: tokens generated per held-out question"})
@@ -96,7 +94,18 @@ def task_module(name: str):
 
 def check_family(task_name: str, families: tuple[str, ...], family: str) -> None:
     if family not in families:
-        raise ValueError(f"task={task_name} needs a {' or '.join(families)} model; this is a {family} model, which has no head for it.")
+        raise ValueError(f"task={task_name} takes a model of family {' or '.join(families)}; a {family} model has no head for it.")
+
+
+def check_lora_targets(model, targets) -> None:
+    """A ValueError naming the LoRA targets (PEFT's suffix match) that match no module of `model`."""
+    if not isinstance(targets, (list, tuple)):
+        return  # None (the model type's defaults), "all-linear", or a regular expression: PEFT checks those
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+    if unmatched:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"lora_target_modules {', '.join(unmatched)} match no module of the model; its linear layers are {', '.join(linear)}.")
 
 
 def add_lora(model, model_args: FinetuneModelArguments, peft_task_type: str):
@@ -104,6 +113,7 @@ def add_lora(model, model_args: FinetuneModelArguments, peft_task_type: str):
     from peft import get_peft_model
 
     heads = [name for name in ("classifier", "score", "qa_outputs") if hasattr(model, name)]
+    check_lora_targets(model, model_args.lora_target_modules)
     model_args.lora_task_type = model_args.lora_task_type or peft_task_type
     model_args.lora_modules_to_save = model_args.lora_modules_to_save or heads or None
     return get_peft_model(model, get_peft_config(model_args))
@@ -128,6 +138,8 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Fine
     model = load_model(model_args, family, tokenizer, task.auto_class, **features.config)
     if model_args.use_peft:
         model = add_lora(model, model_args, task.peft_task_type)
+    if hasattr(features.collator, "model"):
+        features.collator.model = model  # DataCollatorForSeq2Seq: decoder inputs from the labels (label smoothing pops them)
     arguments = (model_args, data_args, args, training_args)
     if training_args.process_index == 0:
         write_arguments(training_args.output_dir, *arguments)

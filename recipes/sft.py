@@ -55,12 +55,12 @@ def conversations(raw):
     return raw.map(to_conversation, remove_columns=column_names(raw["train"]))
 
 
-def held_out_questions(raw, checkable: bool) -> list[dict]:
-    """Questions with checkable answers from the split no stage trains on (`test`, else `validation`)."""
+def held_out_questions(raw, checkable: bool, limit: int | None) -> list[dict]:
+    """Questions with checkable answers (at most `limit`) from the split no stage trains on (`test`, else `validation`)."""
     split = "test" if "test" in raw else "validation"
     if not checkable or split not in raw:
         return []
-    return [{"question": row["question"], "answer": row["answer"]} for row in raw[split]]
+    return [{"question": row["question"], "answer": row["answer"]} for row in raw[split]][:limit]
 
 
 @torch.no_grad()
@@ -97,13 +97,13 @@ def run(model_args, data_args, args, training_args):
     if args.tune_cpu_allocator and not torch.cuda.is_available():
         tune_cpu_allocator()
     set_seed(training_args.seed)
-    from .finetune import check_family
+    from .finetune import check_family, check_lora_targets
 
     family = resolve_family(model_args)
     check_family("sft", families, family)
     raw = load_raw_datasets(data_args, "qa")
     checkable = {"question", "answer"} <= set(column_names(raw["train"]))
-    questions = held_out_questions(raw, checkable)
+    questions = held_out_questions(raw, checkable, data_args.max_eval_samples)
     chats = conversations(raw)
     tokenizer = load_tokenizer(model_args, family, texts=(str(row) for row in chats["train"]))
     if tokenizer.chat_template is None:
@@ -114,6 +114,7 @@ def run(model_args, data_args, args, training_args):
     if questions and training_args.do_train:
         metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)
     if model_args.use_peft:
+        check_lora_targets(model, model_args.lora_target_modules)
         model_args.lora_task_type = model_args.lora_task_type or "CAUSAL_LM"
     arguments = (model_args, data_args, args, training_args)
     if training_args.process_index == 0:

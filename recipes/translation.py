@@ -4,8 +4,6 @@ Data as run_translation's JSON lines (`{"translation": {"en": ..., "de": ...}}` 
 `target_lang`), as two columns, or as two line-aligned text files (`train_file` + `train_target_file`,
 as Multi30k ships them)."""
 
-from pathlib import Path
-
 import numpy as np
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
@@ -23,18 +21,11 @@ def aligned_files(sources: str, targets: str, split: str) -> list[dict]:
 def load_data(data_args: DataArguments, args):
     from datasets import Dataset, DatasetDict
 
-    if args.validation_target_file and not data_args.validation_file:
-        raise ValueError("validation_target_file is aligned with validation_file: give both.")
-    if not args.train_target_file:
+    if not data_args.train_target_file:
         return load_raw_datasets(data_args, "translation")
-    for name in ("train_target_file", "validation_target_file"):
-        if getattr(args, name) and not Path(getattr(args, name)).is_file():
-            raise ValueError(f"{name}={getattr(args, name)} not found: no such file.")
-    if data_args.validation_file and not args.validation_target_file:
-        raise ValueError("validation_file with train_target_file needs validation_target_file, the aligned target lines.")
-    splits = {"train": aligned_files(data_args.train_file, args.train_target_file, "train")}
+    splits = {"train": aligned_files(data_args.train_file, data_args.train_target_file, "train")}
     if data_args.validation_file:
-        splits["validation"] = aligned_files(data_args.validation_file, args.validation_target_file, "validation")
+        splits["validation"] = aligned_files(data_args.validation_file, data_args.validation_target_file, "validation")
     return finish_splits(DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()}), data_args)
 
 

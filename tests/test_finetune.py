@@ -1,0 +1,321 @@
+"""`trilm finetune`: every task end to end through the CLI, the LoRA adapter round trip and `--merge`, the
+tasks' data mappings on hand-made cases, and clear errors before any training starts."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import AutoPeftModelForSequenceClassification, PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM
+
+from trilm.recipes import finetune
+from trilm.recipes.classification import align_labels
+from trilm.recipes.cli import main as trilm
+from trilm.recipes.corpus import build_corpus
+from trilm.recipes.data import read_conll, read_squad
+from trilm.recipes.extractive_qa import answer_positions, best_answers, squad_scores, window_features
+from trilm.recipes.models import CONFIGS
+from trilm.recipes.sft import to_conversation
+from trilm.tokenization import config_values, train_tokenizer
+
+SIZES = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "max_position_embeddings": 128}
+LAYERS = {"encoder": {"num_hidden_layers": 1}, "decoder": {"num_hidden_layers": 1}, "seq2seq": {"encoder_layers": 1, "decoder_layers": 1}}
+KINDS = {"encoder": "wordpiece", "decoder": "bpe", "seq2seq": "unigram"}
+
+
+def corpus_texts() -> list[str]:
+    corpus = build_corpus(0)
+    texts = [row["text"] for row in corpus["text"]["train"][:300]]
+    texts += [f"{row['question']} {row['answer']}" for row in corpus["qa"]["train"]]
+    texts += [f"{row['source']} {row['target']}" for row in corpus["translation"]["train"][:500]]
+    return texts + [" ".join(row["tokens"]) for row in corpus["tagging"]["train"][:300]]
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, Path]:
+    """A tiny saved trilm model and trained tokenizer of each family, standing in for `trilm pretrain` output."""
+    root, texts, folders = tmp_path_factory.mktemp("bases"), corpus_texts(), {}
+    for family, auto_class in (("encoder", "AutoModelForMaskedLM"), ("decoder", "AutoModelForCausalLM"), ("seq2seq", "AutoModelForSeq2SeqLM")):
+        tokenizer = train_tokenizer(texts=texts, kind=KINDS[family], family=family, vocab_size=400, **({"num_sentinels": 8} if family == "seq2seq" else {}))
+        config = CONFIGS[family](**config_values(tokenizer, CONFIGS[family]), **SIZES, **LAYERS[family])
+        torch.manual_seed(0)
+        model = getattr(__import__("transformers"), auto_class).from_config(config)
+        folders[family] = root / family
+        model.save_pretrained(folders[family])
+        tokenizer.save_pretrained(folders[family])
+    return folders
+
+
+def run_config(tmp_path: Path, name: str, **values) -> Path:
+    """A YAML preset of a tiny fine-tuning run: a few steps on the built-in corpus, no checkpoints."""
+    values = {
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "max_train_samples": 64,
+        "max_eval_samples": 12,
+        "max_seq_length": 64,
+        "learning_rate": 0.003,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "output_dir": str(tmp_path / name),
+        "seed": 0,
+        **values,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+TASKS = {  # name -> (task, family, metrics the run must report)
+    "encoder-classification": ("sequence-classification", "encoder", ("eval_accuracy", "eval_f1")),
+    "decoder-classification": ("sequence-classification", "decoder", ("eval_accuracy", "eval_f1")),
+    "ner": ("token-classification", "encoder", ("eval_precision", "eval_recall", "eval_f1", "eval_accuracy")),
+    "qa": ("question-answering", "encoder", ("eval_exact_match", "eval_f1")),
+    "translation": ("seq2seq", "seq2seq", ("eval_bleu", "eval_rouge1", "eval_rougeL")),
+    "sft": ("sft", "decoder", ("eval_answer_accuracy", "eval_answer_accuracy_before_training")),
+}
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_each_task_fine_tunes_with_lora_on_the_builtin_corpus(tmp_path, bases, name):
+    task, family, expected = TASKS[name]
+    config = run_config(tmp_path, name, task=task, model_name_or_path=str(bases[family]), **({"doc_stride": 16} if task == "question-answering" else {}))
+    assert trilm(["finetune", "--config", str(config)]) == 0
+    folder = tmp_path / name
+    names = {p.name for p in folder.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "trilm_args.yaml", "metrics.json", "loss.png", "README.md"} <= names
+    assert "predictions.jsonl" in names and not [n for n in names if n.endswith((".bin", ".pt", ".pkl"))]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in (*expected, "eval_loss", "train_loss", "train_runtime"):
+        assert key in metrics, key
+    predictions = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 12 and all("prediction" in row for row in predictions)
+    assert yaml.safe_load((folder / "trilm_args.yaml").read_text())["task"] == task
+
+
+def test_a_new_model_trains_in_full_and_a_checkpoint_is_evaluated_without_training(tmp_path):
+    config = run_config(
+        tmp_path, "new", task="sequence-classification", family="encoder", model={**SIZES, **LAYERS["encoder"]},
+        tokenizer={"kind": "wordpiece", "vocab_size": 300}, max_steps=6,
+    )
+    assert trilm(["finetune", "--config", str(config)]) == 0
+    trained = json.loads((tmp_path / "new" / "metrics.json").read_text())
+    assert (tmp_path / "new" / "model.safetensors").is_file()  # in full: the whole model, no adapter
+    again = run_config(tmp_path, "again", task="sequence-classification", model_name_or_path=str(tmp_path / "new"), use_peft=False, do_train=False)
+    assert trilm(["finetune", "--config", str(again)]) == 0
+    evaluated = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert "train_loss" not in evaluated
+    assert evaluated["eval_accuracy"] == trained["eval_accuracy"] and evaluated["eval_loss"] == pytest.approx(trained["eval_loss"], abs=1e-5)
+
+
+def test_the_adapter_reloads_and_the_merged_checkpoint_predicts_the_same(tmp_path, bases):
+    config = run_config(tmp_path, "lora", task="sequence-classification", model_name_or_path=str(bases["encoder"]), merge=True, learning_rate=0.03)
+    model_args, data_args, args, training_args = finetune.parse_args(finetune.argument_types("sequence-classification"), ["--config", str(config)], "t")
+    trainer, _ = finetune.run(model_args, data_args, args, training_args)
+    folder = tmp_path / "lora"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(["Tamzo said the soup in Rafinport was not cold.", "The bread was bad."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        trained = trainer.model.eval()(**batch).logits
+        labels = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
+        base = AutoModelForSequenceClassification.from_pretrained(bases["encoder"], **labels)
+        reloaded = PeftModel.from_pretrained(base, folder).eval()(**batch).logits
+        auto = AutoPeftModelForSequenceClassification.from_pretrained(folder).eval()(**batch).logits
+        merged_model = AutoModelForSequenceClassification.from_pretrained(folder / "merged").eval()
+        merged = merged_model(**batch).logits
+    assert not (folder / "merged" / "adapter_config.json").exists() and merged_model.config.id2label[1] == "positive"
+    initial = AutoModelForSequenceClassification.from_pretrained(bases["encoder"], **labels)
+    assert not torch.allclose(trained, initial.eval()(**batch).logits, atol=1e-4)  # the run changed the function
+    for logits in (reloaded, auto, merged):
+        torch.testing.assert_close(logits, trained, atol=1e-5, rtol=1e-5)
+
+
+def test_fine_tuning_starts_from_a_bert_folder_converted_through_interop(tmp_path, bases):
+    tokenizer = AutoTokenizer.from_pretrained(bases["encoder"])
+    bert = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id))
+    bert.save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    config = run_config(tmp_path, "ner-bert", task="token-classification", model_name_or_path=str(tmp_path / "bert"))
+    assert trilm(["finetune", "--config", str(config)]) == 0
+    adapter = json.loads((tmp_path / "ner-bert" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "TOKEN_CLS" and "classifier" in adapter["modules_to_save"]
+    assert "eval_f1" in json.loads((tmp_path / "ner-bert" / "metrics.json").read_text())
+
+
+def test_translation_reads_line_aligned_files_and_translation_rows(tmp_path, bases):
+    (tmp_path / "train.en").write_text("a cat\na dog\nthe red house\n" * 10)
+    (tmp_path / "train.de").write_text("eine Katze\nein Hund\ndas rote Haus\n" * 10)
+    config = run_config(tmp_path, "aligned", task="seq2seq", model_name_or_path=str(bases["seq2seq"]), train_file=str(tmp_path / "train.en"),
+                        train_target_file=str(tmp_path / "train.de"), validation_split_percentage=20, max_eval_samples=None)
+    assert trilm(["finetune", "--config", str(config)]) == 0
+    predictions = [json.loads(line) for line in (tmp_path / "aligned" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 6 and {p["reference"] for p in predictions} <= {"eine Katze", "ein Hund", "das rote Haus"}
+    rows = [{"translation": {"en": "a cat", "de": "eine Katze"}}] * 20
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = run_config(tmp_path, "jsonl", task="seq2seq", model_name_or_path=str(bases["seq2seq"]), train_file=str(tmp_path / "pairs.jsonl"),
+                        source_lang="en", target_lang="de", max_eval_samples=None)
+    assert trilm(["finetune", "--config", str(config)]) == 0
+    assert json.loads((tmp_path / "jsonl" / "predictions.jsonl").read_text().splitlines()[0])["reference"] == "eine Katze"
+
+
+# ------------------------------------------------------------------------------------ hand-made cases
+def test_word_labels_go_to_the_first_sub_token_only(bases):
+    assert align_labels([None, 0, 0, 1, 2, 2, 2, None], [3, 1, 0]) == [-100, 3, -100, 1, 0, -100, -100, -100]
+    tokenizer = AutoTokenizer.from_pretrained(bases["encoder"])
+    words = ["Tamzobelka", "lives", "in", "Rafinport"]
+    encoded = tokenizer(words, is_split_into_words=True)
+    labels = align_labels(encoded.word_ids(), [1, 0, 0, 2])
+    assert len(encoded.word_ids()) > len(words) + 2  # the made-up words split into several sub-tokens
+    firsts = [i for i, w in enumerate(encoded.word_ids()) if w is not None and (i == 0 or encoded.word_ids()[i - 1] != w)]
+    assert [labels[i] for i in firsts] == [1, 0, 0, 2]
+    assert all(label == -100 for i, label in enumerate(labels) if i not in firsts)
+
+
+def qa_windows(bases, context: str, answer: str | None, max_length: int = 24, stride: int = 8):
+    tokenizer = AutoTokenizer.from_pretrained(bases["encoder"])
+    args = finetune.FinetuneArguments(task="question-answering", doc_stride=stride, version_2_with_negative=True)
+    start = context.index(answer) if answer else None
+    batch = {"question": ["Where?"], "context": [context], "example_index": [0],
+             "answers": [{"text": [answer] if answer else [], "answer_start": [start] if answer else []}]}
+    features = window_features(tokenizer, args, max_length, for_eval=True)(batch)
+    return tokenizer, args, features
+
+
+def test_qa_answers_map_to_the_window_that_holds_them(bases):
+    context = " ".join(f"word{i}" for i in range(40)) + " the answer is Gudorport today " + " ".join(f"tail{i}" for i in range(10))
+    _, args, features = qa_windows(bases, context, "Gudorport")
+    starts, ends = features["start_positions"], features["end_positions"]
+    holding = [i for i, s in enumerate(starts) if s != 0]
+    assert len(starts) >= 3 and holding and holding[0] > 0  # not in the first window: found in a later one
+    for i in holding:
+        offsets = features["offset_mapping"][i]
+        assert context[offsets[starts[i]][0] : offsets[ends[i]][1]] == "Gudorport"
+    assert all(ends[i] == 0 for i in range(len(starts)) if i not in holding)  # the others point at CLS
+    # Logits that favour the answer's tokens in its window map back to its characters.
+    width = max(len(ids) for ids in features["input_ids"])
+    start_logits, end_logits = torch.zeros(len(starts), width).numpy(), torch.zeros(len(starts), width).numpy()
+    start_logits[holding[0], starts[holding[0]]] = end_logits[holding[0], ends[holding[0]]] = 10.0
+    examples = [{"context": context}]
+    assert best_answers(examples, features, start_logits, end_logits, args) == ["Gudorport"]
+
+
+def test_qa_an_answer_across_a_window_edge_and_no_answer_point_at_cls(bases):
+    tokenizer = AutoTokenizer.from_pretrained(bases["encoder"])
+    context = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
+    encoded = tokenizer("Where?", context, truncation="only_second", max_length=12, stride=2,
+                        return_overflowing_tokens=True, return_offsets_mapping=True)
+    answer = "eta theta iota kappa lambda"  # longer than the context part of any window
+    for i in range(len(encoded["input_ids"])):
+        assert answer_positions(encoded.sequence_ids(i), encoded["offset_mapping"][i], context.index(answer), answer) == (0, 0)
+        assert answer_positions(encoded.sequence_ids(i), encoded["offset_mapping"][i], None, "") == (0, 0)
+    _, args, features = qa_windows(bases, context, None)
+    assert set(features["start_positions"]) == {0}
+    width = max(len(ids) for ids in features["input_ids"])
+    null = torch.zeros(len(features["input_ids"]), width).numpy()
+    null[:, 0] = 10.0  # CLS outscores every span: SQuAD v2's empty answer
+    assert best_answers([{"context": context}], features, null, null, args) == [""]
+
+
+def test_squad_scores_follow_the_official_definition():
+    scores = squad_scores(["the Normans", "France", ""], [["Normans"], ["in France", "Paris"], []])
+    assert scores["exact_match"] == pytest.approx(200 / 3)
+    assert scores["f1"] == pytest.approx(100 * (1 + 2 * (1 * 0.5) / 1.5 + 1) / 3)
+    assert scores["no_answer_exact_match"] == 100.0 and scores["has_answer_exact_match"] == 50.0
+
+
+def test_alpaca_rows_become_chats_and_only_assistant_tokens_carry_loss(tmp_path, bases):
+    alpaca = to_conversation({"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"})
+    assert alpaca == {"prompt": [{"role": "user", "content": "Add the numbers.\n\n2 and 3"}], "completion": [{"role": "assistant", "content": "5"}]}
+    assert to_conversation({"instruction": "Say hi.", "input": "", "response": "hi"})["prompt"][0]["content"] == "Say hi."
+    assert to_conversation({"question": "What is 2 plus 2?", "answer": "4"})["completion"][0]["content"] == "4"
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(bases["decoder"])
+    from datasets import Dataset
+
+    model = __import__("transformers").AutoModelForCausalLM.from_pretrained(bases["decoder"])
+    chat = {"messages": [{"role": "user", "content": "What colour is the owl?"}, {"role": "assistant", "content": "grey"},
+                         {"role": "user", "content": "And the fox?"}, {"role": "assistant", "content": "red"}]}
+    for rows, config, answers in (
+        ([alpaca], {}, ["5<|im_end|>"]),  # prompt/completion: completion_only_loss
+        ([chat], {"assistant_only_loss": True}, ["grey<|im_end|>red<|im_end|>"]),  # conversations: generation markers
+    ):
+        args = SFTConfig(output_dir=str(tmp_path / "sft"), report_to="none", use_cpu=True, **config)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+        for row, answer in zip(trainer.train_dataset, answers):
+            kept = [token for token, label in zip(row["input_ids"], row["labels"]) if label != -100]
+            assert tokenizer.decode(kept).replace("\n", "") == answer
+            assert "<|im_start|>user" in tokenizer.decode(row["input_ids"])
+
+
+# ------------------------------------------------------------------------------------ bad input
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any attempt to train fails the test: the errors below must come before training starts."""
+    from transformers import Trainer
+
+    monkeypatch.setattr(Trainer, "train", lambda *a, **k: pytest.fail("training started"))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_bad_input_is_a_clear_value_error_before_training(tmp_path, bases, no_training):
+    encoder, seq2seq = str(bases["encoder"]), str(bases["seq2seq"])
+    labelled = write_jsonl(tmp_path / "labels.jsonl", [{"sentence": "good", "label": "positive"}, {"sentence": "meh", "label": "neutral"}] * 5)
+    cases = [
+        ({"task": "sequence-classification", "model_name_or_path": encoder, "train_file": labelled, "label_names": ["negative", "positive"]},
+         r"row \d+: label 'neutral' is not one of label_names"),
+        ({"task": "question-answering", "model_name_or_path": encoder, "train_file": write_jsonl(tmp_path / "qa.jsonl", [
+            {"id": "q7", "question": "Where?", "context": "He lives in Paris.", "answers": {"text": ["Paris"], "answer_start": [3]}}] * 4)},
+         r"row q7: the answer 'Paris' is not at answer_start=3"),
+        ({"task": "seq2seq", "model_name_or_path": seq2seq, "train_file": write_jsonl(tmp_path / "s2s.jsonl", [
+            {"source": "a cat", "target": "eine Katze"}, {"source": "a dog", "target": " "}] * 4)}, r"row 1 has an empty target"),
+        ({"task": "sequence-classification", "model_name_or_path": encoder, "lora_target_modules": ["attn.qkv", "nonexistent_proj"]},
+         r"nonexistent_proj"),
+        ({"task": "token-classification", "model_name_or_path": str(bases["decoder"])}, r"takes a model of family encoder; a decoder model has no head for it"),
+        ({"task": "sequence-classification", "model_name_or_path": encoder, "train_file": labelled, "text_column_name": "text"},
+         r"no column 'text'; its columns are 'sentence', 'label'"),
+        ({"task": "sequence-classification", "family": "encoder", "model": SIZES, "use_peft": True}, r"LoRA adapts a pretrained model"),
+        ({"task": "sequence-classification", "model_name_or_path": encoder, "use_peft": False, "merge": True}, r"--merge true merges a LoRA adapter"),
+        ({"task": "seq2seq", "model_name_or_path": seq2seq, "train_file": str(tmp_path / "s2s.jsonl"),
+          "train_target_file": labelled}, r"line-aligned files must match"),
+    ]
+    for values, message in cases:
+        with pytest.raises(ValueError, match=message):
+            trilm(["finetune", "--config", str(run_config(tmp_path, "bad", **values))])
+    with pytest.raises(ValueError, match="task='summarise' does not exist"):
+        trilm(["finetune", "--task", "summarise"])
+
+
+# ------------------------------------------------------------------------------------ file layouts
+def test_conll_layouts_and_squad_json_load(tmp_path):
+    (tmp_path / "a.conll").write_text("-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\n")
+    assert read_conll(str(tmp_path / "a.conll")) == [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}, {"tokens": ["Peter"], "tags": ["B-PER"]}]
+    (tmp_path / "b.iob2").write_text("# sent_id = 1\n1\tObama\tB-PER\t-\t-\n2\twrote\tO\t-\t-\n\n")
+    assert read_conll(str(tmp_path / "b.iob2")) == [{"tokens": ["Obama", "wrote"], "tags": ["B-PER", "O"]}]
+    squad = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "In France.", "qas": [
+        {"id": "1", "question": "Where?", "answers": [{"text": "France", "answer_start": 3}], "is_impossible": False},
+        {"id": "2", "question": "Who?", "answers": [], "is_impossible": True}]}]}]}
+    (tmp_path / "squad.json").write_text(json.dumps(squad))
+    rows = read_squad(str(tmp_path / "squad.json"))
+    assert rows[0]["answers"] == {"text": ["France"], "answer_start": [3]} and rows[1]["answers"] == {"text": [], "answer_start": []}
+
+
+@pytest.mark.realdata
+def test_the_shared_ner_and_squad_files_load(shared_data):
+    sentences = read_conll(str(shared_data / "uner_en_pud-ud-test.iob2"))
+    assert len(sentences) == 1000 and {"B-PER", "I-LOC", "O"} <= {t for s in sentences for t in s["tags"]}
+    rows = read_squad(str(shared_data / "squad_v2.0_dev_first4articles.json"))
+    assert len(rows) > 1000 and any(not r["answers"]["text"] for r in rows)
+    for row in rows:
+        for text, start in zip(row["answers"]["text"], row["answers"]["answer_start"]):
+            assert row["context"][start : start + len(text)] == text
