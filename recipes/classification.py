@@ -42,6 +42,19 @@ def label_ids(value, names, split: str, index: int, as_int: bool):
     return names.index(name)
 
 
+def label_config(names: list[str]) -> dict:
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def encode_splits(raw, encode) -> dict:
+    """The train and validation rows through `encode(batch, indices, split)`, their own columns dropped."""
+    return {
+        split: rows.map(encode, batched=True, with_indices=True, fn_kwargs={"split": split}, remove_columns=rows.column_names)
+        for split, rows in raw.items()
+        if split in ("train", "validation")
+    }
+
+
 def _class_label(raw, column) -> bool:
     feature = raw["train"].features[column]
     return hasattr(getattr(feature, "feature", feature), "names")
@@ -78,11 +91,7 @@ def prepare_sequences(raw, tokenizer, data_args, args, training_args, max_length
         encoded["labels"] = [label_ids(v, names, split, i, as_int) for v, i in zip(batch[label], indices)]
         return encoded
 
-    splits = {
-        split: rows.map(encode, batched=True, with_indices=True, fn_kwargs={"split": split}, remove_columns=rows.column_names)
-        for split, rows in raw.items()
-        if split in ("train", "validation")
-    }
+    splits = encode_splits(raw, encode)
     eval_rows = raw.get("validation")
 
     def predictions(output):
@@ -98,7 +107,7 @@ def prepare_sequences(raw, tokenizer, data_args, args, training_args, max_length
         compute_metrics=classification_metrics,
         preprocess_logits=argmax_logits,
         predictions=predictions,
-        config={"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}},
+        config=label_config(names),
     )
 
 
@@ -168,11 +177,7 @@ def prepare_tokens(raw, tokenizer, data_args, args, training_args, max_length: i
         ]
         return encoded
 
-    splits = {
-        split: rows.map(encode, batched=True, with_indices=True, fn_kwargs={"split": split}, remove_columns=rows.column_names)
-        for split, rows in raw.items()
-        if split in ("train", "validation")
-    }
+    splits = encode_splits(raw, encode)
     eval_rows = raw.get("validation")
 
     def predictions(output):
@@ -191,7 +196,7 @@ def prepare_tokens(raw, tokenizer, data_args, args, training_args, max_length: i
         compute_metrics=entity_metrics(names),
         preprocess_logits=argmax_logits,
         predictions=predictions,
-        config={"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}},
+        config=label_config(names),
     )
 
 

@@ -184,5 +184,7 @@ def main(argv: list[str]) -> int:
     defaults = {**launch_defaults(), "do_train": True, "do_eval": True}
     if task == "seq2seq":
         defaults["predict_with_generate"] = True
+    if task == "sft":
+        defaults["assistant_only_loss"] = True  # conversations: the loss on assistant turns only (prompt/completion: completions)
     run(*parse_args(argument_types(task), argv, "trilm finetune", defaults))
     return 0

@@ -5,6 +5,7 @@ Data as run_translation's JSON lines (`{"translation": {"en": ..., "de": ...}}` 
 as Multi30k ships them)."""
 
 import numpy as np
+from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
 from .data import DataArguments, column_names, finish_splits, load_raw_datasets, read_lines, require_columns
@@ -19,8 +20,6 @@ def aligned_files(sources: str, targets: str, split: str) -> list[dict]:
 
 
 def load_data(data_args: DataArguments, args):
-    from datasets import Dataset, DatasetDict
-
     if not data_args.train_target_file:
         return load_raw_datasets(data_args, "translation")
     splits = {"train": aligned_files(data_args.train_file, data_args.train_target_file, "train")}
@@ -91,8 +90,6 @@ def prepare(raw, tokenizer, data_args, args, training_args, max_length: int) -> 
         if max_target_length != max_length:
             encoded["labels"] = tokenizer(text_target=targets, truncation=True, max_length=max_target_length)["input_ids"]
         encoded.pop("token_type_ids", None)
-        from datasets import Dataset
-
         return Dataset.from_dict(dict(encoded))
 
     encoded = {split: encode(split) for split in pairs}

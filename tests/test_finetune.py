@@ -254,6 +254,26 @@ def test_alpaca_rows_become_chats_and_only_assistant_tokens_carry_loss(tmp_path,
             assert "<|im_start|>user" in tokenizer.decode(row["input_ids"])
 
 
+def test_packed_conversations_do_not_attend_to_each_other(tmp_path, bases):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(bases["decoder"])
+    model = __import__("transformers").AutoModelForCausalLM.from_pretrained(bases["decoder"]).eval()
+    rows = [to_conversation({"question": q, "answer": a}) for q, a in (("What is 2 plus 3?", "5"), ("Where does Kalo live?", "Dunton"), ("Hi?", "hello"))]
+    args = SFTConfig(output_dir=str(tmp_path / "packed"), packing=True, max_length=256, per_device_train_batch_size=3, report_to="none", use_cpu=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    positions = batch["position_ids"][0]
+    starts = [i for i in range(len(positions)) if positions[i] == 0] + [len(positions)]
+    assert batch["input_ids"].shape[0] == 1 and len(starts) == 4  # three conversations in one row
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        for begin, end in zip(starts, starts[1:]):
+            alone = model(input_ids=batch["input_ids"][:, begin:end]).logits[0]
+            torch.testing.assert_close(packed[begin:end], alone, atol=1e-4, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------ bad input
 @pytest.fixture
 def no_training(monkeypatch):
