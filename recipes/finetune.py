@@ -136,7 +136,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Fine
     max_length = args.max_seq_length or min(max_positions(model_args, family), 512)
     features = task.prepare(raw, tokenizer, data_args, args, training_args, max_length)
     model = load_model(model_args, family, tokenizer, task.auto_class, **features.config)
-    if model_args.use_peft:
+    if model_args.use_peft and not hasattr(model, "peft_config"):  # an adapter folder comes with its adapter
         model = add_lora(model, model_args, task.peft_task_type)
     if hasattr(features.collator, "model"):
         features.collator.model = model  # DataCollatorForSeq2Seq: decoder inputs from the labels (label smoothing pops them)
@@ -177,7 +177,9 @@ def argument_types(task: str) -> tuple[type, ...]:
     return FinetuneModelArguments, DataArguments, FinetuneArguments, trainer_arguments
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]) -> tuple:
+    """(model, data, finetune, trainer) arguments of a `trilm finetune` command line, the trainer's class
+    chosen by `task`; training and evaluation on unless the flags say otherwise."""
     task = peek_option(argv, "task")
     if task not in TASK_NAMES:
         raise ValueError(f"task={task!r} does not exist: give --task (or task: in the YAML) as one of {', '.join(TASK_NAMES)}.")
@@ -186,5 +188,9 @@ def main(argv: list[str]) -> int:
         defaults["predict_with_generate"] = True
     if task == "sft":
         defaults["assistant_only_loss"] = True  # conversations: the loss on assistant turns only (prompt/completion: completions)
-    run(*parse_args(argument_types(task), argv, "trilm finetune", defaults))
+    return parse_args(argument_types(task), argv, "trilm finetune", defaults)
+
+
+def main(argv: list[str]) -> int:
+    run(*parse(argv))
     return 0

@@ -71,8 +71,15 @@ class ModelArguments:
             raise ValueError(f"tokenizer: kind={kind!r} does not exist: use one of {', '.join(TOKENIZER_KINDS)}.")
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model of a local PEFT adapter folder (`trilm finetune` with LoRA writes one), else None."""
+    config = Path(path) / "adapter_config.json"
+    return json.loads(config.read_text())["base_model_name_or_path"] if config.is_file() else None
+
+
 def checkpoint_family(path: str) -> tuple[str, str]:
-    """(model_type, family) of a checkpoint folder or Hub name, from its config."""
+    """(model_type, family) of a checkpoint folder or Hub name (of its base, for an adapter folder), from its config."""
+    path = adapter_base(path) or path
     local = Path(path) / "config.json"
     model_type = json.loads(local.read_text())["model_type"] if local.is_file() else AutoConfig.from_pretrained(path).model_type
     family = FAMILY_OF_MODEL_TYPE.get(model_type) or CONVERTIBLE.get(model_type)
@@ -114,24 +121,31 @@ def max_positions(args: ModelArguments, family: str) -> int:
     if args.model_name_or_path is None:
         config = CONFIGS[family](**args.model)
     else:
-        config = AutoConfig.from_pretrained(args.model_name_or_path)
+        config = AutoConfig.from_pretrained(adapter_base(args.model_name_or_path) or args.model_name_or_path)
     return config.max_position_embeddings
 
 
 def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **config_fields):
     """The model for `auto_class` (default: the family's pretraining head), checked against the tokenizer.
-    `config_fields` set task values of the config (num_labels, id2label, ...)."""
+    `config_fields` set task values of the config (num_labels, id2label, ...). An adapter folder gives its
+    base model with the adapter loaded (trainable), as `PeftModel.from_pretrained` does."""
     auto_class = auto_class or PRETRAINING_HEADS[family]
     extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-    if args.model_name_or_path is None:
+    source = adapter_base(args.model_name_or_path) if args.model_name_or_path else None
+    source = source or args.model_name_or_path
+    if source is None:
         config = CONFIGS[family](**{**config_values(tokenizer, CONFIGS[family]), **args.model, **config_fields})
         model = auto_class.from_config(config, **extra)
     else:
-        model_type, _ = checkpoint_family(args.model_name_or_path)
+        model_type, _ = checkpoint_family(source)
         if model_type in FAMILY_OF_MODEL_TYPE:
-            model = auto_class.from_pretrained(args.model_name_or_path, **extra, **config_fields)
+            model = auto_class.from_pretrained(source, **extra, **config_fields)
         else:
-            model = from_transformers(auto_class.from_pretrained(args.model_name_or_path, **config_fields))
+            model = from_transformers(auto_class.from_pretrained(source, **config_fields))
+    if source != args.model_name_or_path:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.model_name_or_path, is_trainable=True)
     check_tokenizer_matches(tokenizer, model.config)
     return model
 

@@ -113,7 +113,8 @@ def run(model_args, data_args, args, training_args):
     metrics = {}
     if questions and training_args.do_train:
         metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)
-    if model_args.use_peft:
+    new_adapter = model_args.use_peft and not hasattr(model, "peft_config")  # an adapter folder comes with its adapter
+    if new_adapter:
         check_lora_targets(model, model_args.lora_target_modules)
         model_args.lora_task_type = model_args.lora_task_type or "CAUSAL_LM"
     arguments = (model_args, data_args, args, training_args)
@@ -125,7 +126,7 @@ def run(model_args, data_args, args, training_args):
         train_dataset=chats["train"],
         eval_dataset=chats.get("validation"),
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args) if model_args.use_peft else None,
+        peft_config=get_peft_config(model_args) if new_adapter else None,
     )
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
