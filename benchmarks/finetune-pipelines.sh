@@ -43,8 +43,8 @@ for start in encoder bert; do
 done
 trilm pretrain --config pretrain-decoder-tiny.yaml --max_steps 600 --eval_on_start false --save_strategy no "${quiet[@]}" \
   --output_dir "$work/decoder" 2>&1 | grep -E "train_runtime"
-trilm finetune --task sft --model_name_or_path "$work/decoder" --use_peft false --num_train_epochs 3 --learning_rate 0.001 \
-  --per_device_train_batch_size 16 --lr_scheduler_type cosine --warmup_steps 0.05 --bf16 true --eval_strategy epoch \
+trilm finetune --task sft --model_name_or_path "$work/decoder" --use_peft false --num_train_epochs 10 --learning_rate 0.002 \
+  --per_device_train_batch_size 16 --lr_scheduler_type cosine --warmup_steps 0.05 --bf16 true --eval_strategy "no" \
   --save_strategy no --logging_steps 20 "${quiet[@]}" --output_dir "$work/sft-corpus" > "$work/sft-corpus.log" 2>&1
 report "$work/sft-corpus"
 trilm finetune --config sft-alpaca.yaml --train_file "$data/code_alpaca_2k.json" --model_name_or_path "$work/decoder" \
