@@ -105,7 +105,8 @@ def run(model_args, data_args, args, training_args):
     checkable = {"question", "answer"} <= set(column_names(raw["train"]))
     questions = held_out_questions(raw, checkable, data_args.max_eval_samples)
     chats = conversations(raw)
-    tokenizer = load_tokenizer(model_args, family, texts=(str(row) for row in chats["train"]))
+    contents = (turn["content"] for row in chats["train"] for part in ("messages", "prompt", "completion") for turn in row.get(part) or [])
+    tokenizer = load_tokenizer(model_args, family, texts=contents)
     if tokenizer.chat_template is None:
         raise ValueError("sft renders conversations through the tokenizer's chat template, and this tokenizer has none.")
     model = load_model(model_args, family, tokenizer, AutoModelForCausalLM)

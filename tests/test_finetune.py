@@ -114,6 +114,16 @@ def test_a_new_model_trains_in_full_and_a_checkpoint_is_evaluated_without_traini
     assert evaluated["eval_accuracy"] == trained["eval_accuracy"] and evaluated["eval_loss"] == pytest.approx(trained["eval_loss"], abs=1e-5)
 
 
+def test_sft_trains_a_new_decoder_with_a_tokenizer_trained_on_the_conversations(tmp_path):
+    config = run_config(tmp_path, "sft-new", task="sft", family="decoder", model={**SIZES, **LAYERS["decoder"]},
+                        tokenizer={"kind": "bpe", "vocab_size": 320}, max_steps=2)
+    assert trilm(["finetune", "--config", str(config)]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "sft-new")
+    assert 300 <= len(tokenizer) <= 330 and tokenizer.chat_template and "<|im_end|>" in tokenizer.get_vocab()
+    assert tokenizer.tokenize("What colour is the owl?") != list("What colour is the owl?")  # merges learnt from the questions
+    assert (tmp_path / "sft-new" / "model.safetensors").is_file()
+
+
 def test_the_adapter_reloads_and_the_merged_checkpoint_predicts_the_same(tmp_path, bases):
     config = run_config(tmp_path, "lora", task="sequence-classification", model_name_or_path=str(bases["encoder"]), merge=True, learning_rate=0.03)
     trainer, _ = finetune.run(*finetune.parse(["--config", str(config)]))
