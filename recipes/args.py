@@ -35,9 +35,13 @@ def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str, de
 PRESETS = Path(__file__).parent / "configs"
 
 
+def preset_path(path: str) -> str:
+    """`path`, or the preset shipped with trilm of that name (--config pretrain-decoder-tiny.yaml)."""
+    return str(PRESETS / path) if not Path(path).is_file() and (PRESETS / path).is_file() else path
+
+
 def load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
-    if not Path(path).is_file() and (PRESETS / path).is_file():
-        path = str(PRESETS / path)  # a preset shipped with trilm, by name: --config pretrain-decoder-tiny.yaml
+    path = preset_path(path)
     if not Path(path).is_file():
         raise ValueError(f"Config file not found: {path} (nor a preset of that name in {PRESETS}).")
     try:
@@ -62,6 +66,6 @@ def peek_option(argv: list[str], name: str):
     known, _ = pre.parse_known_args(argv)
     if getattr(known, name) is not None or not known.config:
         return getattr(known, name)
-    path = Path(known.config) if Path(known.config).is_file() else PRESETS / known.config
+    path = Path(preset_path(known.config))
     values = yaml.safe_load(path.read_text()) if path.is_file() else None
     return values.get(name) if isinstance(values, dict) else None

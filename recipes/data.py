@@ -71,6 +71,11 @@ class DataArguments:
             raise ValueError(f"validation_split_percentage={self.validation_split_percentage} must lie in [0, 100).")
 
 
+    def description(self) -> str:
+        """Where the rows come from, for the model card."""
+        return self.train_file or self.dataset_name or f"the trilm built-in corpus (seed {self.corpus_seed})"
+
+
 def _is_blank(path: str) -> bool:
     """Whether a (possibly gzipped) file holds nothing but white space, judged from its first 64 KiB."""
     opener = gzip.open if path.endswith(".gz") else open

@@ -163,8 +163,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Fine
         metrics.update(predicted.metrics)
         rows = features.predictions(predicted)
     metrics["wall_time"] = time.perf_counter() - start
-    data = data_args.train_file or data_args.dataset_name or f"the trilm built-in corpus (seed {data_args.corpus_seed})"
-    save_run(trainer, tokenizer, "finetune", arguments, metrics, data)
+    save_run(trainer, tokenizer, "finetune", arguments, metrics, data_args.description())
     if features.eval is not None and training_args.do_eval and trainer.is_world_process_zero():
         write_predictions(training_args.output_dir, rows)
     if args.merge:

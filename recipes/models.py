@@ -131,8 +131,7 @@ def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **
     base model with the adapter loaded (trainable), as `PeftModel.from_pretrained` does."""
     auto_class = auto_class or PRETRAINING_HEADS[family]
     extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-    source = adapter_base(args.model_name_or_path) if args.model_name_or_path else None
-    source = source or args.model_name_or_path
+    source = args.model_name_or_path and (adapter_base(args.model_name_or_path) or args.model_name_or_path)
     if source is None:
         config = CONFIGS[family](**{**config_values(tokenizer, CONFIGS[family]), **args.model, **config_fields})
         model = auto_class.from_config(config, **extra)

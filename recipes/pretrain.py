@@ -100,8 +100,7 @@ def run(
     eval_metrics = trainer.evaluate() if "validation" in packed else {}
     metrics = final_metrics(train_output, eval_metrics, read_length)
     metrics["wall_time"] = time.perf_counter() - start
-    data = data_args.train_file or data_args.dataset_name or f"the trilm built-in corpus (seed {data_args.corpus_seed})"
-    save_run(trainer, tokenizer, "pretrain", arguments, metrics, data)
+    save_run(trainer, tokenizer, "pretrain", arguments, metrics, data_args.description())
     return trainer, metrics
 
 

@@ -137,8 +137,7 @@ def run(model_args, data_args, args, training_args):
     if questions:
         metrics["eval_answer_accuracy"], rows = answer_accuracy(trainer.model, tokenizer, questions, args.max_new_tokens)
     metrics["wall_time"] = time.perf_counter() - start
-    data = data_args.train_file or data_args.dataset_name or f"the trilm built-in corpus (seed {data_args.corpus_seed})"
-    save_run(trainer, tokenizer, "finetune", arguments, metrics, data)
+    save_run(trainer, tokenizer, "finetune", arguments, metrics, data_args.description())
     if rows and trainer.is_world_process_zero():
         write_predictions(training_args.output_dir, rows)
     if args.merge:
