@@ -20,7 +20,7 @@ from trl import ModelConfig, SFTConfig
 from trl.trainer.utils import get_peft_config
 
 from .args import launch_defaults, parse_args, peek_option
-from .data import DataArguments, load_raw_datasets
+from .data import DataArguments
 from .models import ModelArguments, load_model, load_tokenizer, max_positions, resolve_family
 from .output import final_metrics, save_merged, save_run, write_arguments, write_predictions
 from .runtime import tune_cpu_allocator
@@ -122,8 +122,6 @@ def add_lora(model, model_args: FinetuneModelArguments, peft_task_type: str):
 def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: FinetuneArguments, training_args: TrainingArguments):
     if args.merge and not model_args.use_peft:
         raise ValueError("--merge true merges a LoRA adapter into its base; this run trains the model in full (use_peft false).")
-    if args.task == "sft":
-        return task_module("sft").run(model_args, data_args, args, training_args)
     start = time.perf_counter()
     if args.tune_cpu_allocator and not torch.cuda.is_available():
         tune_cpu_allocator()
@@ -131,6 +129,8 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Fine
     task = task_module(args.task)
     family = resolve_family(model_args)
     check_family(args.task, task.families, family)
+    if args.task == "sft":
+        return task.run(model_args, data_args, args, training_args, family, start)
     raw = task.load_data(data_args, args)
     tokenizer = load_tokenizer(model_args, family, texts=task.texts(raw, data_args, args))
     max_length = args.max_seq_length or min(max_positions(model_args, family), 512)
@@ -154,7 +154,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Fine
         compute_metrics=features.compute_metrics,
         preprocess_logits_for_metrics=features.preprocess_logits,
     )
-    metrics = {}
+    metrics, rows = {}, []
     if training_args.do_train:
         train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         metrics = final_metrics(train_output, {}, None)
@@ -162,13 +162,20 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Fine
         predicted = trainer.predict(features.eval, metric_key_prefix="eval")
         metrics.update(predicted.metrics)
         rows = features.predictions(predicted)
+    finish(trainer, tokenizer, arguments, metrics, rows, start)
+    return trainer, metrics
+
+
+def finish(trainer, tokenizer, arguments: tuple, metrics: dict, rows: list[dict], start: float) -> None:
+    """Write the output folder of a fine-tuning run: model or adapter, `predictions.jsonl`, and `merged/`
+    with `--merge true` (main process only)."""
+    _, data_args, args, _ = arguments
     metrics["wall_time"] = time.perf_counter() - start
     save_run(trainer, tokenizer, "finetune", arguments, metrics, data_args.description())
-    if features.eval is not None and training_args.do_eval and trainer.is_world_process_zero():
-        write_predictions(training_args.output_dir, rows)
+    if rows and trainer.is_world_process_zero():
+        write_predictions(trainer.args.output_dir, rows)
     if args.merge:
         save_merged(trainer, tokenizer)
-    return trainer, metrics
 
 
 def argument_types(task: str) -> tuple[type, ...]:

@@ -6,18 +6,15 @@ tokens only. Packing (`packing: true`) keeps packed conversations from attending
 built-in corpus, or `question`/`answer` rows) the exact-match accuracy of greedy answers to held-out
 questions, before and after training."""
 
-import time
-
 import torch
-from transformers import AutoModelForCausalLM, set_seed
+from transformers import AutoModelForCausalLM
 from trl import SFTTrainer
 from trl.trainer.utils import get_peft_config
 
 from .corpus import check_answer
 from .data import column_names, load_raw_datasets
-from .models import load_model, load_tokenizer, resolve_family
-from .output import final_metrics, save_merged, save_run, write_arguments, write_predictions
-from .runtime import tune_cpu_allocator
+from .models import load_model, load_tokenizer
+from .output import final_metrics, write_arguments
 
 families = ("decoder",)
 
@@ -92,15 +89,10 @@ def answer_accuracy(model, tokenizer, questions: list[dict], max_new_tokens: int
     return sum(row["correct"] for row in rows) / max(len(rows), 1), rows
 
 
-def run(model_args, data_args, args, training_args):
-    start = time.perf_counter()
-    if args.tune_cpu_allocator and not torch.cuda.is_available():
-        tune_cpu_allocator()
-    set_seed(training_args.seed)
-    from .finetune import check_family, check_lora_targets
+def run(model_args, data_args, args, training_args, family: str, start: float):
+    """The SFT part of `trilm finetune` (`recipes/finetune.py` has set the seed and checked the family)."""
+    from .finetune import check_lora_targets, finish
 
-    family = resolve_family(model_args)
-    check_family("sft", families, family)
     raw = load_raw_datasets(data_args, "qa")
     checkable = {"question", "answer"} <= set(column_names(raw["train"]))
     questions = held_out_questions(raw, checkable, data_args.max_eval_samples)
@@ -136,10 +128,5 @@ def run(model_args, data_args, args, training_args):
     rows = []
     if questions:
         metrics["eval_answer_accuracy"], rows = answer_accuracy(trainer.model, tokenizer, questions, args.max_new_tokens)
-    metrics["wall_time"] = time.perf_counter() - start
-    save_run(trainer, tokenizer, "finetune", arguments, metrics, data_args.description())
-    if rows and trainer.is_world_process_zero():
-        write_predictions(training_args.output_dir, rows)
-    if args.merge:
-        save_merged(trainer, tokenizer)
+    finish(trainer, tokenizer, arguments, metrics, rows, start)
     return trainer, metrics
