@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "tokenizer": ("train a tokenizer on files or a dataset", _lazy("tokenizer")),
     "pretrain": ("masked-LM / causal-LM / span-corruption pretraining on Trainer", _lazy("pretrain")),
     "finetune": ("task fine-tuning with PEFT/LoRA: classification, tagging, extractive QA, SFT, seq2seq", _lazy("finetune")),
+    "reward": ("a reward model on preference pairs (TRL RewardTrainer)", _lazy("reward")),
+    "rlhf": ("online RL from rewards: GRPO or RLOO (TRL), PPO-style clipping and KL", _lazy("rlhf")),
+    "dpo": ("direct preference optimisation (TRL DPOTrainer)", _lazy("dpo")),
     "bench": ("time training and generation, optionally against transformers' reference", _lazy("bench")),
 }
 

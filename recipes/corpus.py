@@ -171,6 +171,17 @@ def _questions(world: World, heldout: bool) -> list[dict]:
     return rows
 
 
+def _quizzes(questions: list[dict], count: int, rng: random.Random) -> list[dict]:
+    """Documents of question/answer lines ("Q: Where does Kalo Mira live? A: Senton."), drawn from `questions`:
+    pretraining text that asks about people teaches a model to answer from what it read, which then carries
+    over to people nobody asked about (Allen-Zhu and Li, "Physics of Language Models 3.1", mixed training)."""
+    docs = []
+    for _ in range(count):
+        lines = [f"Q: {row['question']} A: {row['answer']}." for row in rng.sample(questions, rng.randint(2, 5))]
+        docs.append({"text": "\n".join(lines)})
+    return docs
+
+
 def _wrong_answer(row: dict, world: World) -> str:
     answer = row["answer"]
     if answer.isdigit():
@@ -255,7 +266,7 @@ def _translations(world: World, count: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- public
-SIZES = {"text": 12000, "classification": 6000, "tagging": 6000, "extractive_qa": 3000, "translation": 8000}
+SIZES = {"text": 12000, "quiz": 3000, "classification": 6000, "tagging": 6000, "extractive_qa": 3000, "translation": 8000}
 VALIDATION_SHARE = 0.1
 
 
@@ -277,6 +288,14 @@ def build_corpus(seed: int = 0) -> dict[str, dict[str, list[dict]]]:
     seen = _questions(world, heldout=False)
     cut = int(len(seen) * (1 - VALIDATION_SHARE))
     corpus["qa"] = {"train": seen[:cut], "validation": seen[cut:], "test": _questions(world, heldout=True)}
+    # The text also quizzes on the qa training questions (never on validation or test ones), in its own
+    # random stream so that every other kind is the same as without it.
+    quiz_rng = random.Random(seed)
+    quizzes = _quizzes(corpus["qa"]["train"], SIZES["quiz"], quiz_rng)
+    cut = int(len(quizzes) * (1 - VALIDATION_SHARE))
+    for split, part in (("train", quizzes[:cut]), ("validation", quizzes[cut:])):
+        corpus["text"][split] = corpus["text"][split] + part
+        quiz_rng.shuffle(corpus["text"][split])
     corpus["preferences"] = {
         split: [{"prompt": r["question"], "chosen": r["answer"], "rejected": _wrong_answer(r, world)} for r in rows]
         for split, rows in corpus["qa"].items()

@@ -166,12 +166,12 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Fine
     return trainer, metrics
 
 
-def finish(trainer, tokenizer, arguments: tuple, metrics: dict, rows: list[dict], start: float) -> None:
-    """Write the output folder of a fine-tuning run: model or adapter, `predictions.jsonl`, and `merged/`
-    with `--merge true` (main process only)."""
+def finish(trainer, tokenizer, arguments: tuple, metrics: dict, rows: list[dict], start: float, recipe: str = "finetune") -> None:
+    """Write the output folder of a fine-tuning (or alignment) run: model or adapter, `predictions.jsonl`,
+    and `merged/` with `--merge true` (main process only)."""
     _, data_args, args, _ = arguments
     metrics["wall_time"] = time.perf_counter() - start
-    save_run(trainer, tokenizer, "finetune", arguments, metrics, data_args.description())
+    save_run(trainer, tokenizer, recipe, arguments, metrics, data_args.description())
     if rows and trainer.is_world_process_zero():
         write_predictions(trainer.args.output_dir, rows)
     if args.merge:

@@ -60,11 +60,17 @@ def held_out_questions(raw, checkable: bool, limit: int | None) -> list[dict]:
     return [{"question": row["question"], "answer": row["answer"]} for row in raw[split]][:limit]
 
 
+def chat_stops(tokenizer) -> list[int]:
+    """The tokens that end a reply: the chat template's end of turn, and EOS."""
+    ids = (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id)
+    return [t for t in dict.fromkeys(ids) if t is not None and t != tokenizer.unk_token_id]
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
     """Greedy replies to single-turn questions, rendered through the chat template."""
     model.eval()
-    stops = [t for t in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id) if t is not None and t != tokenizer.unk_token_id]
+    stops = chat_stops(tokenizer)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     device = next(model.parameters()).device
     replies = []
@@ -102,7 +108,7 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
     if tokenizer.chat_template is None:
         raise ValueError("sft renders conversations through the tokenizer's chat template, and this tokenizer has none.")
     model = load_model(model_args, family, tokenizer, AutoModelForCausalLM)
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    model.generation_config.eos_token_id = chat_stops(tokenizer)
     metrics = {}
     if questions and training_args.do_train:
         metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)

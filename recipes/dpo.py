@@ -1,0 +1,75 @@
+"""`trilm dpo`: direct preference optimisation on TRL's `DPOTrainer`, on the preference formats of
+`trilm reward` (`recipes/alignment.py`).
+
+    trilm dpo --model_name_or_path runs/sft [--key value ...]          # built-in corpus pairs
+    trilm dpo --config dpo-hh.yaml --model_name_or_path runs/sft        # HH-RLHF as published
+
+The reference is the starting model: with LoRA (the default from a checkpoint) the same weights with the
+adapter disabled, in full training a frozen copy TRL loads from `model_name_or_path` (an SFT adapter folder is
+merged into its base first, so the SFT model is the reference). Metric: TRL's held-out reward accuracy and
+margins, and greedy answer accuracy on held-out questions before and after, where answers can be checked.
+"""
+
+from transformers import AutoModelForCausalLM
+from trl import DPOConfig, DPOTrainer
+from trl.trainer.utils import get_peft_config
+
+from .alignment import AlignmentArguments, begin, check_max_length, check_reference, checkable_questions, load_merged, preference_dataset
+from .args import launch_defaults, parse_args
+from .data import DataArguments, load_raw_datasets
+from .finetune import FinetuneModelArguments, check_family, check_lora_targets, finish
+from .models import load_tokenizer, resolve_family
+from .output import final_metrics, write_arguments
+from .sft import answer_accuracy
+
+
+def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: DPOConfig):
+    start = begin(args, training_args)
+    family = resolve_family(model_args)
+    check_family("dpo", ("decoder",), family)
+    check_reference(model_args, training_args.beta)
+    raw = load_raw_datasets(data_args, "preferences")
+    pairs = preference_dataset(raw)
+    questions = checkable_questions(data_args, raw)
+    texts = (turn["content"] for row in pairs["train"] for part in ("prompt", "chosen", "rejected") for turn in row[part])
+    tokenizer = load_tokenizer(model_args, family, texts=texts)
+    model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)
+    training_args.max_length = check_max_length(training_args.max_length, model.config)
+    if model_args.use_peft:
+        check_lora_targets(model, model_args.lora_target_modules)
+        model_args.lora_task_type = model_args.lora_task_type or "CAUSAL_LM"
+    metrics = {}
+    if questions and training_args.do_train:
+        metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)
+    arguments = (model_args, data_args, args, training_args)
+    if training_args.process_index == 0:
+        write_arguments(training_args.output_dir, *arguments)
+    trainer = DPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=pairs["train"],
+        eval_dataset=pairs.get("validation"),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args) if model_args.use_peft else None,
+    )
+    if training_args.do_train:
+        metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
+    if trainer.eval_dataset is not None:
+        metrics |= trainer.evaluate()
+    rows = []
+    if questions:
+        metrics["eval_answer_accuracy"], rows = answer_accuracy(trainer.model, tokenizer, questions, args.max_new_tokens)
+    finish(trainer, tokenizer, arguments, metrics, rows, start, "dpo")
+    return trainer, metrics
+
+
+ARGUMENT_TYPES = (FinetuneModelArguments, DataArguments, AlignmentArguments, DPOConfig)
+
+
+def parse(argv: list[str]) -> tuple:
+    return parse_args(ARGUMENT_TYPES, argv, "trilm dpo", {**launch_defaults(), "do_train": True, "max_length": None})
+
+
+def main(argv: list[str]) -> int:
+    run(*parse(argv))
+    return 0

@@ -1,0 +1,65 @@
+"""`trilm reward`: a reward model on preference pairs, on TRL's `RewardTrainer`.
+
+    trilm reward --model_name_or_path runs/sft [--key value ...]          # built-in corpus pairs
+    trilm reward --config reward-hh.yaml --model_name_or_path runs/sft     # HH-RLHF as published
+
+The model is the decoder's sequence-classification head (`TrilmDecoderForSequenceClassification`, one label,
+the `score` head reading the last non-pad token) on a decoder checkpoint, trained in full or with LoRA.
+Pairs are `prompt`/`chosen`/`rejected` rows, `chosen`/`rejected` conversations, or HH-RLHF text
+(`recipes/alignment.py`). Metric: on the held-out pairs, the share where chosen scores above rejected
+(`eval_reward_accuracy`) and the mean margin (`eval_reward_margin`).
+"""
+
+from transformers import AutoModelForSequenceClassification
+from trl import RewardConfig, RewardTrainer
+
+from .alignment import AlignmentArguments, begin, check_max_length, check_pairs_kept, load_merged, pairwise_metrics, preference_dataset
+from .args import launch_defaults, parse_args
+from .data import DataArguments, load_raw_datasets
+from .finetune import FinetuneModelArguments, add_lora, check_family, finish
+from .models import load_tokenizer, resolve_family
+from .output import final_metrics, write_arguments
+
+
+def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: RewardConfig):
+    start = begin(args, training_args)
+    family = resolve_family(model_args)
+    check_family("reward", ("decoder",), family)
+    pairs = preference_dataset(load_raw_datasets(data_args, "preferences"))
+    texts = (turn["content"] for row in pairs["train"] for part in ("prompt", "chosen", "rejected") for turn in row[part])
+    tokenizer = load_tokenizer(model_args, family, texts=texts)
+    model = load_merged(model_args, family, tokenizer, AutoModelForSequenceClassification, num_labels=1)
+    training_args.max_length = check_max_length(training_args.max_length, model.config)
+    if model_args.use_peft:
+        model = add_lora(model, model_args, "SEQ_CLS")
+    arguments = (model_args, data_args, args, training_args)
+    if training_args.process_index == 0:
+        write_arguments(training_args.output_dir, *arguments)
+    trainer = RewardTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=pairs["train"],
+        eval_dataset=pairs.get("validation"),
+        processing_class=tokenizer,
+    )
+    check_pairs_kept(trainer, pairs, training_args.max_length)
+    metrics = {}
+    if training_args.do_train:
+        metrics = final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
+    if trainer.eval_dataset is not None:
+        metrics |= trainer.evaluate()  # TRL's batch-averaged eval_accuracy / eval_margin; below, the exact ones
+        metrics |= pairwise_metrics(trainer.model, trainer.eval_dataset, tokenizer.pad_token_id)
+    finish(trainer, tokenizer, arguments, metrics, [], start, "reward")
+    return trainer, metrics
+
+
+ARGUMENT_TYPES = (FinetuneModelArguments, DataArguments, AlignmentArguments, RewardConfig)
+
+
+def parse(argv: list[str]) -> tuple:
+    return parse_args(ARGUMENT_TYPES, argv, "trilm reward", {**launch_defaults(), "do_train": True, "max_length": None})
+
+
+def main(argv: list[str]) -> int:
+    run(*parse(argv))
+    return 0

@@ -1,0 +1,144 @@
+"""`trilm rlhf`: online reinforcement learning from rewards, on TRL's `GRPOTrainer` (`algorithm: grpo`, the
+default) or `RLOOTrainer` (`algorithm: rloo`).
+
+    trilm rlhf --model_name_or_path runs/sft --reward_model_name_or_path runs/reward [--key value ...]
+    trilm rlhf --config rlhf-grpo.yaml --model_name_or_path runs/sft --reward_funcs my_rewards:brevity
+
+Both are PPO-style: the loss is PPO's clipped surrogate, here with the clipping acting (the policy is updated
+`num_iterations: 2` times per generation batch) and a KL penalty to the starting (SFT) model (`beta > 0`);
+the logs carry `clip_ratio/*` and `kl`. Rewards, weighted by `reward_weights` in this order: each reward
+model folder of `reward_model_name_or_path` (a `trilm reward` run, with the policy's tokenizer), then each of
+`reward_funcs` (`module:function` called as TRL calls reward functions, or `answer_reward`, the built-in
+corpus's answer checker, the default on the built-in corpus). Prompts: `prompt`, `question` or `messages`
+rows (`recipes/alignment.py`), by default the built-in corpus's training questions. Metric: greedy answer
+accuracy on held-out questions before and after, where answers can be checked.
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+from trl.trainer.utils import get_peft_config
+
+from .alignment import (
+    AlignmentArguments,
+    begin,
+    check_reference,
+    check_reward_tokenizer,
+    checkable_questions,
+    import_reward,
+    load_merged,
+    prompt_dataset,
+)
+from .args import launch_defaults, parse_args, peek_option
+from .data import DataArguments, load_raw_datasets
+from .finetune import FinetuneModelArguments, check_family, check_lora_targets, finish
+from .models import ModelArguments, load_tokenizer, resolve_family
+from .output import final_metrics, write_arguments
+from .sft import answer_accuracy
+
+ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
+# PPO-style by default: clipping acts (two updates per generation batch) and a KL penalty to the reference.
+PPO_STYLE = {"num_iterations": 2, "beta": 0.04}
+
+
+@dataclass
+class RLHFArguments(AlignmentArguments):
+    algorithm: str = field(default="grpo", metadata={"help": f"{', '.join(ALGORITHMS)}"})
+    reward_model_name_or_path: list[str] | None = field(default=None, metadata={"help": "reward model folders (trilm reward runs)"})
+    reward_funcs: list[str] | None = field(default=None, metadata={"help": "reward functions: module:function, or answer_reward"})
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r} does not exist: use one of {', '.join(ALGORITHMS)}.")
+
+
+def reward_sources(args: RLHFArguments, data_args: DataArguments, tokenizer) -> list:
+    """The reward models (loaded, checked against the policy's tokenizer) and functions, in `reward_weights` order."""
+    functions = args.reward_funcs
+    builtin = data_args.train_file is None and data_args.dataset_name is None
+    if not args.reward_model_name_or_path and not functions:
+        if not builtin:
+            raise ValueError("No reward given: set reward_model_name_or_path (a trilm reward run) and/or reward_funcs (module:function).")
+        functions = ["answer_reward"]
+    rewards = [import_reward(name) for name in functions or []]
+    models = []
+    for path in args.reward_model_name_or_path or []:
+        check_reward_tokenizer(path, tokenizer)
+        models.append(load_merged(ModelArguments(model_name_or_path=path), "decoder", tokenizer, AutoModelForSequenceClassification, num_labels=1))
+    return models + rewards
+
+
+def training_summary(log_history: list[dict]) -> dict:
+    """From the logged steps: mean reward over the first and last tenth of generation batches, the KL to the
+    reference at the end and at most, the mean clipped share of tokens, and the share of steps that clipped
+    any (only steps re-using a generation batch can: the first update of a batch has ratio 1)."""
+    rewarded = [row["reward"] for row in log_history if "reward" in row]
+    updates = [row for row in log_history if "clip_ratio/region_mean" in row]
+    if not rewarded or not updates:
+        return {}
+    tenth, kl = max(1, len(rewarded) // 10), [row["kl"] for row in log_history if "kl" in row] or [0.0]
+    clipped = [row["clip_ratio/region_mean"] for row in updates]
+    return {
+        "train_reward_start": sum(rewarded[:tenth]) / tenth,
+        "train_reward_end": sum(rewarded[-tenth:]) / tenth,
+        "train_kl_end": sum(kl[-tenth:]) / len(kl[-tenth:]),
+        "train_kl_max": max(kl),
+        "train_clip_ratio_mean": sum(clipped) / len(clipped),
+        "train_steps_clipped": sum(value > 0 for value in clipped) / len(clipped),
+    }
+
+
+def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHFArguments, training_args: GRPOConfig | RLOOConfig):
+    start = begin(args, training_args)
+    family = resolve_family(model_args)
+    check_family("rlhf", ("decoder",), family)
+    check_reference(model_args, training_args.beta)
+    raw = load_raw_datasets(data_args, "qa")
+    prompts = prompt_dataset(raw)
+    questions = checkable_questions(data_args, raw)
+    texts = (turn["content"] for row in prompts["train"] for turn in row["prompt"])
+    tokenizer = load_tokenizer(model_args, family, texts=texts)
+    rewards = reward_sources(args, data_args, tokenizer)
+    model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)
+    if model_args.use_peft:
+        check_lora_targets(model, model_args.lora_target_modules)
+        model_args.lora_task_type = model_args.lora_task_type or "CAUSAL_LM"
+    metrics = {}
+    if questions and training_args.do_train:
+        metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)
+    arguments = (model_args, data_args, args, training_args)
+    if training_args.process_index == 0:
+        write_arguments(training_args.output_dir, *arguments)
+    _, trainer_class = ALGORITHMS[args.algorithm]
+    trainer = trainer_class(
+        model=model,
+        reward_funcs=rewards,
+        args=training_args,
+        train_dataset=prompts["train"],
+        processing_class=tokenizer,
+        reward_processing_classes=[tokenizer if hasattr(r, "config") else None for r in rewards],
+        peft_config=get_peft_config(model_args) if model_args.use_peft else None,
+    )
+    if training_args.do_train:
+        metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
+        metrics |= training_summary(trainer.state.log_history)
+    rows = []
+    if questions:
+        metrics["eval_answer_accuracy"], rows = answer_accuracy(trainer.model, tokenizer, questions, args.max_new_tokens)
+    finish(trainer, tokenizer, arguments, metrics, rows, start, "rlhf")
+    return trainer, metrics
+
+
+def parse(argv: list[str]) -> tuple:
+    algorithm = peek_option(argv, "algorithm") or "grpo"
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r} does not exist: give --algorithm (or algorithm: in the YAML) as one of {', '.join(ALGORITHMS)}.")
+    config_class, _ = ALGORITHMS[algorithm]
+    defaults = {**launch_defaults(), **PPO_STYLE, "do_train": True}
+    return parse_args((FinetuneModelArguments, DataArguments, RLHFArguments, config_class), argv, "trilm rlhf", defaults)
+
+
+def main(argv: list[str]) -> int:
+    run(*parse(argv))
+    return 0
