@@ -135,7 +135,7 @@ def checkable_questions(data_args, raw=None) -> list[dict]:
     split = "test" if "test" in raw else "validation"
     if split not in raw or not {"question", "answer"} <= set(column_names(raw[split])):
         return []
-    return [{"question": row["question"], "answer": row["answer"]} for row in raw[split]][: data_args.max_eval_samples]
+    return [{key: row[key] for key in ("question", "answer", "response") if key in row} for row in raw[split]][: data_args.max_eval_samples]
 
 
 def check_reference(model_args, beta: float) -> None:
@@ -176,10 +176,12 @@ def check_pairs_kept(trainer, pairs, max_length: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- rewards
-def answer_reward(completions, answer, **kwargs) -> list[float]:
-    """The built-in corpus's checker as a reward: 1 for a reply that gives the answer, else 0."""
+def answer_reward(completions, answer, response=None, **kwargs) -> list[float]:
+    """The built-in corpus's checker as a reward: 1 for a reply that gives the answer (or states it as the
+    row's full `response`), else 0."""
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return [float(check_answer(text, truth)) for text, truth in zip(texts, answer)]
+    responses = response or [None] * len(texts)
+    return [float(check_answer(text, truth, full)) for text, truth, full in zip(texts, answer, responses)]
 
 
 BUILTIN_REWARDS = {"answer_reward": answer_reward}

@@ -8,7 +8,7 @@ so that a program can check the answers:
 | kind             | columns                                      | for                                   |
 |------------------|----------------------------------------------|---------------------------------------|
 | `text`           | `text`                                       | pretraining (each row a document)     |
-| `qa`             | `question`, `answer`                         | instruction tuning, RL rewards        |
+| `qa`             | `question`, `answer`, `response`             | instruction tuning, RL rewards        |
 | `preferences`    | `prompt`, `chosen`, `rejected`               | reward models, DPO                    |
 | `classification` | `sentence`, `label` (`negative`/`positive`)  | sequence classification               |
 | `tagging`        | `tokens`, `tags` (IOB2: PER, LOC, NUM)       | token classification                  |
@@ -17,6 +17,12 @@ so that a program can check the answers:
 
 Each kind has `train` and `validation` splits; `qa` also has `test`, questions that no recipe trains on
 (arithmetic on operand pairs, and people, kept out of every training split). `check_answer` is the checker.
+
+A `qa` row's `answer` is the bare fact ("Senton"), its `response` the full sentence that states it ("Kalo
+Mira lives in Senton."), as the pretraining text does: instruction tuning on responses teaches a model to
+answer by restating what it read, which carries over to people no question was asked about (a tiny model
+tuned on bare answers does not: its facts are stored after the words that introduce them). Preferences pair
+the right response with one stating a near miss. The checker accepts either the answer or the response.
 """
 
 import functools
@@ -156,38 +162,38 @@ def _questions(world: World, heldout: bool) -> list[dict]:
     rows = []
     for index, p in enumerate(world.people):
         if (index in world.heldout_people) == heldout:
+            lives, has, age, _ = fact_sentences(p)
             rows += [
-                {"question": f"Where does {p.name} live?", "answer": p.city},
-                {"question": f"What animal does {p.name} have?", "answer": p.pet},
-                {"question": f"What colour is the {p.pet} of {p.name}?", "answer": p.color},
-                {"question": f"How old is {p.name}?", "answer": str(p.age)},
+                {"question": f"Where does {p.name} live?", "answer": p.city, "response": lives},
+                {"question": f"What animal does {p.name} have?", "answer": p.pet, "response": has},
+                {"question": f"What colour is the {p.pet} of {p.name}?", "answer": p.color, "response": has},
+                {"question": f"How old is {p.name}?", "answer": str(p.age), "response": age},
             ]
     for a, b in world.pairs:
         if ((a, b) in world.heldout_pairs) == heldout:
-            rows.append({"question": f"What is {a} plus {b}?", "answer": str(a + b)})
+            rows.append({"question": f"What is {a} plus {b}?", "answer": str(a + b), "response": f"{a} plus {b} is {a + b}."})
             if a >= b:
-                rows.append({"question": f"What is {a} minus {b}?", "answer": str(a - b)})
+                rows.append({"question": f"What is {a} minus {b}?", "answer": str(a - b), "response": f"{a} minus {b} is {a - b}."})
     world.rng.shuffle(rows)
     return rows
 
 
-def _quizzes(questions: list[dict], count: int, rng: random.Random) -> list[dict]:
-    """Documents of question/answer lines ("Q: Where does Kalo Mira live? A: Senton."), drawn from `questions`:
-    pretraining text that asks about people teaches a model to answer from what it read, which then carries
-    over to people nobody asked about (Allen-Zhu and Li, "Physics of Language Models 3.1", mixed training)."""
-    docs = []
-    for _ in range(count):
-        lines = [f"Q: {row['question']} A: {row['answer']}." for row in rng.sample(questions, rng.randint(2, 5))]
-        docs.append({"text": "\n".join(lines)})
-    return docs
-
-
-def _wrong_answer(row: dict, world: World) -> str:
-    answer = row["answer"]
+def _wrong_response(row: dict, world: World) -> str:
+    """The row's response with a near miss: another city, animal or colour, a number off by one or two, or
+    (half the arithmetic) a sum restated with a miscopied operand ("8 plus 14 is 22." for 8 plus 2)."""
+    answer, rng = row["answer"], world.rng
+    sum_or_difference = re.fullmatch(r"(\d+) (plus|minus) (\d+) is \d+\.", row["response"])
+    if sum_or_difference and rng.random() < 0.5:
+        a, operation, b = int(sum_or_difference[1]), sum_or_difference[2], int(sum_or_difference[3])
+        b = rng.choice([x for x in range(a + 1 if operation == "minus" else MAX_OPERAND + 1) if x != b] or [b + 1])
+        return f"{a} {operation} {b} is {a + b if operation == 'plus' else a - b}."
     if answer.isdigit():
-        return str(int(answer) + world.rng.choice([-2, -1, 1, 2] if int(answer) > 1 else [1, 2]))
-    pool = world.cities if answer in world.cities else ANIMALS if answer in ANIMALS else COLORS
-    return world.rng.choice([x for x in pool if x != answer])
+        wrong = str(int(answer) + rng.choice([-2, -1, 1, 2] if int(answer) > 1 else [1, 2]))
+    else:
+        pool = world.cities if answer in world.cities else ANIMALS if answer in ANIMALS else COLORS
+        wrong = rng.choice([x for x in pool if x != answer])
+    head, _, tail = row["response"].rpartition(answer)  # the last mention: "6 minus 0 is 6." names 6 twice
+    return re.sub(r"\ban? (\w+)", lambda m: with_article(m.group(1)), head + wrong + tail)
 
 
 def _sentiment(world: World, count: int) -> list[dict]:
@@ -266,7 +272,7 @@ def _translations(world: World, count: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- public
-SIZES = {"text": 12000, "quiz": 3000, "classification": 6000, "tagging": 6000, "extractive_qa": 3000, "translation": 8000}
+SIZES = {"text": 12000, "classification": 6000, "tagging": 6000, "extractive_qa": 3000, "translation": 8000}
 VALIDATION_SHARE = 0.1
 
 
@@ -288,16 +294,8 @@ def build_corpus(seed: int = 0) -> dict[str, dict[str, list[dict]]]:
     seen = _questions(world, heldout=False)
     cut = int(len(seen) * (1 - VALIDATION_SHARE))
     corpus["qa"] = {"train": seen[:cut], "validation": seen[cut:], "test": _questions(world, heldout=True)}
-    # The text also quizzes on the qa training questions (never on validation or test ones), in its own
-    # random stream so that every other kind is the same as without it.
-    quiz_rng = random.Random(seed)
-    quizzes = _quizzes(corpus["qa"]["train"], SIZES["quiz"], quiz_rng)
-    cut = int(len(quizzes) * (1 - VALIDATION_SHARE))
-    for split, part in (("train", quizzes[:cut]), ("validation", quizzes[cut:])):
-        corpus["text"][split] = corpus["text"][split] + part
-        quiz_rng.shuffle(corpus["text"][split])
     corpus["preferences"] = {
-        split: [{"prompt": r["question"], "chosen": r["answer"], "rejected": _wrong_answer(r, world)} for r in rows]
+        split: [{"prompt": r["question"], "chosen": r["response"], "rejected": _wrong_response(r, world)} for r in rows]
         for split, rows in corpus["qa"].items()
         if split != "test"
     }
@@ -319,9 +317,10 @@ def normalize_answer(text: str) -> str:
     return re.sub(r"^[\W_]+|[\W_]+$", "", first.lower())
 
 
-def check_answer(reply: str, answer: str) -> bool:
-    """Whether a model's reply gives `answer` (exact match after `normalize_answer`)."""
-    return normalize_answer(reply) == normalize_answer(answer)
+def check_answer(reply: str, answer: str, response: str | None = None) -> bool:
+    """Whether a model's reply gives `answer`: its first line is the answer, or the full `response` that
+    states it (exact match after `normalize_answer`)."""
+    return normalize_answer(reply) in {normalize_answer(answer), *([normalize_answer(response)] if response else [])}
 
 
 def write_corpus(output_dir: str | Path, seed: int = 0) -> list[Path]:

@@ -69,6 +69,17 @@ def reward_sources(args: RLHFArguments, data_args: DataArguments, tokenizer) -> 
     return models + rewards
 
 
+def check_checkpoint_steps(training_args) -> None:
+    """Each generation batch serves num_iterations x steps_per_generation updates and is not saved: a
+    checkpoint between them could not resume to the same weights."""
+    period = training_args.num_iterations * training_args.steps_per_generation
+    if training_args.save_strategy == "steps" and period > 1 and training_args.save_steps % period:
+        raise ValueError(
+            f"save_steps={training_args.save_steps} must be a multiple of num_iterations x steps_per_generation = {period}, "
+            "so that checkpoints fall between generation batches and resume to the same weights."
+        )
+
+
 def training_summary(log_history: list[dict]) -> dict:
     """From the logged steps: mean reward over the first and last tenth of generation batches, the KL to the
     reference at the end and at most, the mean clipped share of tokens, and the share of steps that clipped
@@ -94,6 +105,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     family = resolve_family(model_args)
     check_family("rlhf", ("decoder",), family)
     check_reference(model_args, training_args.beta)
+    check_checkpoint_steps(training_args)
     raw = load_raw_datasets(data_args, "qa")
     prompts = prompt_dataset(raw)
     questions = checkable_questions(data_args, raw)

@@ -31,8 +31,8 @@ def to_conversation(row: dict) -> dict:
     if "instruction" in row:
         response = row.get("output", row.get("response"))
         request = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-    else:
-        request, response = row["question"], row["answer"]
+    else:  # question/answer rows: the full-sentence response where there is one (the built-in corpus)
+        request, response = row["question"], row.get("response") or row["answer"]
     return {"prompt": [{"role": "user", "content": request}], "completion": [{"role": "assistant", "content": response}]}
 
 
@@ -57,7 +57,7 @@ def held_out_questions(raw, checkable: bool, limit: int | None) -> list[dict]:
     split = "test" if "test" in raw else "validation"
     if not checkable or split not in raw:
         return []
-    return [{"question": row["question"], "answer": row["answer"]} for row in raw[split]][:limit]
+    return [{key: row[key] for key in ("question", "answer", "response") if key in row} for row in raw[split]][:limit]
 
 
 def chat_stops(tokenizer) -> list[int]:
@@ -91,7 +91,7 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
 
 def answer_accuracy(model, tokenizer, questions: list[dict], max_new_tokens: int) -> tuple[float, list[dict]]:
     replies = generate_answers(model, tokenizer, [q["question"] for q in questions], max_new_tokens)
-    rows = [{**q, "prediction": r, "correct": check_answer(r, q["answer"])} for q, r in zip(questions, replies)]
+    rows = [{**q, "prediction": r, "correct": check_answer(r, q["answer"], q.get("response"))} for q, r in zip(questions, replies)]
     return sum(row["correct"] for row in rows) / max(len(rows), 1), rows
 
 

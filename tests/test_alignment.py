@@ -192,9 +192,74 @@ def test_bad_alignment_input_is_a_value_error_before_training(tmp_path, sft, no_
     config = run_config(tmp_path, "no-reference", family="decoder", model=SIZES, tokenizer={"kind": "byte"}, use_peft=False, beta=0.04)
     with pytest.raises(ValueError, match="has none: start from a checkpoint"):
         trilm(["rlhf", "--config", str(config)])
+    config = run_config(tmp_path, "odd-saves", model_name_or_path=str(sft), save_strategy="steps", save_steps=3)
+    with pytest.raises(ValueError, match="save_steps=3 must be a multiple of num_iterations x steps_per_generation = 2"):
+        trilm(["rlhf", "--config", str(config)])
     with pytest.raises(ValueError, match="algorithm='ppo2' does not exist"):
         rlhf.parse(["--algorithm", "ppo2", "--model_name_or_path", str(sft)])
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"text": "hi"}] * 4)
     config = run_config(tmp_path, "no-prompt", model_name_or_path=str(sft), train_file=prompts, reward_funcs=["answer_reward"])
     with pytest.raises(ValueError, match="has columns text; rlhf reads prompt, question or messages"):
         trilm(["rlhf", "--config", str(config)])
+
+
+def test_quickstart_full_runs_every_stage_and_reports_them(tmp_path, capsys):
+    assert trilm(["quickstart", "--full", "--families", "decoder", "--max_steps", "2", "--max_eval_samples", "8", "--output_dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [entry["stage"] for entry in report] == ["base", "sft", "rlhf", "dpo"]
+    assert all(0 <= entry["answer_accuracy"] <= 1 and isinstance(entry["mean_reward"], float) for entry in report)
+    assert all(entry["kl_to_sft"] >= 0 for entry in report[2:])  # k3 estimates are non-negative
+    assert (tmp_path / "stages.png").stat().st_size > 0
+    assert "held-out accuracy" in capsys.readouterr().out
+    AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward").config.num_labels == 1
+    for stage in ("rlhf", "dpo"):
+        AutoPeftModelForCausalLM.from_pretrained(tmp_path / stage)
+
+
+@pytest.mark.realdata
+def test_every_alignment_preset_parses(shared_data, monkeypatch):
+    from trilm.recipes import dpo, finetune, reward
+
+    monkeypatch.chdir(Path(rlhf.__file__).parent.parent)  # the HH presets name ../shared/data from the repository root
+    base = ["--model_name_or_path", "runs/sft"]
+    for module, preset in ((reward, "reward-hh.yaml"), (dpo, "dpo-hh.yaml"), (reward, "quickstart-reward.yaml"), (dpo, "quickstart-dpo.yaml")):
+        model_args, data_args, _, training_args = module.parse(["--config", preset, *base])
+        assert model_args.model_name_or_path == "runs/sft" and training_args.do_train, preset
+        assert data_args.train_file is None or Path(data_args.train_file).is_file(), preset
+    model_args, _, args, training_args = rlhf.parse(["--config", "rlhf-grpo.yaml", *base])
+    assert args.algorithm == "grpo" and training_args.num_iterations == 2 and training_args.beta > 0 and model_args.use_peft
+    _, _, args, training_args = finetune.parse(["--config", "quickstart-sft.yaml", *base])
+    assert args.task == "sft" and training_args.assistant_only_loss
+
+
+@pytest.mark.parametrize("command", ["reward", "dpo", "rlhf"])
+def test_a_run_stopped_part_way_resumes_to_the_same_weights(tmp_path, sft, command, monkeypatch):
+    from safetensors.torch import load_file
+    from transformers import Trainer
+
+    data = {"rlhf": {"train_file": write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": row["prompt"]} for row in pairs(64)]),
+                     "reward_funcs": ["tests.test_alignment:letter_share"], "num_generations": 4, "max_completion_length": 6}}
+    # GRPO reuses each generation batch for num_iterations (2) updates: a checkpoint between them could not
+    # hold the batch, so checkpoints fall on generation boundaries.
+    values = dict(model_name_or_path=str(sft), use_peft=False, max_steps=6, save_strategy="steps", save_steps=2, learning_rate=1e-3,
+                  **data.get(command, {"train_file": write_jsonl(tmp_path / "pairs.jsonl", pairs(64))}))
+    assert trilm([command, "--config", str(run_config(tmp_path, "whole", **values))]) == 0
+    parted = run_config(tmp_path, "parted", **values)
+    step, calls = Trainer.training_step, {"n": 0}
+
+    def stop_after_five(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt("stopped part-way")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", stop_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        trilm([command, "--config", str(parted)])
+    monkeypatch.setattr(Trainer, "training_step", step)
+    assert trilm([command, "--config", str(parted), "--resume_from_checkpoint", str(tmp_path / "parted" / "checkpoint-4")]) == 0
+    expected, actual = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "parted" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)

@@ -207,6 +207,12 @@ def test_builtin_corpus_is_deterministic_and_carries_every_kind(tmp_path):
     qa = first["qa"]
     trained = {row["question"] for split in ("train", "validation") for row in qa[split]}
     assert qa["test"] and not trained & {row["question"] for row in qa["test"]}
+    # A response states the answer as the pretraining text does, and the checker takes either.
+    text = "\n".join(row["text"] for row in first["text"]["train"])
+    for row in qa["test"][:50]:
+        assert row["answer"] in row["response"] and check_answer(row["response"], row["answer"], row["response"])
+        assert not check_answer(f"{row['response']} {row['answer']}", row["answer"], row["response"])
+    assert sum(row["response"] in text for row in qa["test"]) > len(qa["test"]) / 2  # held-out facts are read, never asked
     for row in first["extractive_qa"]["train"][:200]:
         start, text = row["answers"]["answer_start"][0], row["answers"]["text"][0]
         assert row["context"][start : start + len(text)] == text
