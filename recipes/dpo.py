@@ -12,15 +12,14 @@ margins, and greedy answer accuracy on held-out questions before and after, wher
 
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
-from trl.trainer.utils import get_peft_config
 
 from .alignment import AlignmentArguments, begin, check_max_length, check_reference, checkable_questions, load_merged, preference_dataset
 from .args import launch_defaults, parse_args
 from .data import DataArguments, load_raw_datasets
-from .finetune import FinetuneModelArguments, check_family, check_lora_targets, finish
+from .finetune import FinetuneModelArguments, check_family, finish
 from .models import load_tokenizer, resolve_family
-from .output import final_metrics, write_arguments
-from .sft import answer_accuracy
+from .output import final_metrics
+from .sft import after_training, before_training
 
 
 def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: DPOConfig):
@@ -35,30 +34,21 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
     tokenizer = load_tokenizer(model_args, family, texts=texts)
     model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)
     training_args.max_length = check_max_length(training_args.max_length, model.config)
-    if model_args.use_peft:
-        check_lora_targets(model, model_args.lora_target_modules)
-        model_args.lora_task_type = model_args.lora_task_type or "CAUSAL_LM"
-    metrics = {}
-    if questions and training_args.do_train:
-        metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)
     arguments = (model_args, data_args, args, training_args)
-    if training_args.process_index == 0:
-        write_arguments(training_args.output_dir, *arguments)
+    metrics, peft_config = before_training(model, tokenizer, arguments, questions, model_args.use_peft)
     trainer = DPOTrainer(
         model=model,
         args=training_args,
         train_dataset=pairs["train"],
         eval_dataset=pairs.get("validation"),
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args) if model_args.use_peft else None,
+        peft_config=peft_config,
     )
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
     if trainer.eval_dataset is not None:
         metrics |= trainer.evaluate()
-    rows = []
-    if questions:
-        metrics["eval_answer_accuracy"], rows = answer_accuracy(trainer.model, tokenizer, questions, args.max_new_tokens)
+    rows = after_training(trainer, tokenizer, questions, args.max_new_tokens, metrics)
     finish(trainer, tokenizer, arguments, metrics, rows, start, "dpo")
     return trainer, metrics
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
-from trl.trainer.utils import get_peft_config
 
 from .alignment import (
     AlignmentArguments,
@@ -32,10 +31,10 @@ from .alignment import (
 )
 from .args import launch_defaults, parse_args, peek_option
 from .data import DataArguments, load_raw_datasets
-from .finetune import FinetuneModelArguments, check_family, check_lora_targets, finish
+from .finetune import FinetuneModelArguments, check_family, finish
 from .models import ModelArguments, load_tokenizer, resolve_family
-from .output import final_metrics, write_arguments
-from .sft import answer_accuracy
+from .output import final_metrics
+from .sft import after_training, before_training
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
 # PPO-style by default: clipping acts (two updates per generation batch) and a KL penalty to the reference.
@@ -113,15 +112,8 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     tokenizer = load_tokenizer(model_args, family, texts=texts)
     rewards = reward_sources(args, data_args, tokenizer)
     model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)
-    if model_args.use_peft:
-        check_lora_targets(model, model_args.lora_target_modules)
-        model_args.lora_task_type = model_args.lora_task_type or "CAUSAL_LM"
-    metrics = {}
-    if questions and training_args.do_train:
-        metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)
     arguments = (model_args, data_args, args, training_args)
-    if training_args.process_index == 0:
-        write_arguments(training_args.output_dir, *arguments)
+    metrics, peft_config = before_training(model, tokenizer, arguments, questions, model_args.use_peft)
     _, trainer_class = ALGORITHMS[args.algorithm]
     trainer = trainer_class(
         model=model,
@@ -130,14 +122,12 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
         train_dataset=prompts["train"],
         processing_class=tokenizer,
         reward_processing_classes=[tokenizer if hasattr(r, "config") else None for r in rewards],
-        peft_config=get_peft_config(model_args) if model_args.use_peft else None,
+        peft_config=peft_config,
     )
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
         metrics |= training_summary(trainer.state.log_history)
-    rows = []
-    if questions:
-        metrics["eval_answer_accuracy"], rows = answer_accuracy(trainer.model, tokenizer, questions, args.max_new_tokens)
+    rows = after_training(trainer, tokenizer, questions, args.max_new_tokens, metrics)
     finish(trainer, tokenizer, arguments, metrics, rows, start, "rlhf")
     return trainer, metrics
 

@@ -95,9 +95,36 @@ def answer_accuracy(model, tokenizer, questions: list[dict], max_new_tokens: int
     return sum(row["correct"] for row in rows) / max(len(rows), 1), rows
 
 
+def before_training(model, tokenizer, arguments: tuple, questions: list[dict], new_adapter: bool) -> tuple[dict, object]:
+    """What sft, rlhf and dpo do before their trainer: the held-out answer accuracy before training, the LoRA
+    config from TRL's names (targets checked; the trainer wraps the model), and `trilm_args.yaml`."""
+    from .finetune import check_lora_targets
+
+    model_args, _, args, training_args = arguments
+    metrics = {}
+    if questions and training_args.do_train:
+        metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)
+    peft_config = None
+    if new_adapter:
+        check_lora_targets(model, model_args.lora_target_modules)
+        model_args.lora_task_type = model_args.lora_task_type or "CAUSAL_LM"
+        peft_config = get_peft_config(model_args)
+    if training_args.process_index == 0:
+        write_arguments(training_args.output_dir, *arguments)
+    return metrics, peft_config
+
+
+def after_training(trainer, tokenizer, questions: list[dict], max_new_tokens: int, metrics: dict) -> list[dict]:
+    """The held-out answer accuracy after training (into `metrics`), and the rows of `predictions.jsonl`."""
+    if not questions:
+        return []
+    metrics["eval_answer_accuracy"], rows = answer_accuracy(trainer.model, tokenizer, questions, max_new_tokens)
+    return rows
+
+
 def run(model_args, data_args, args, training_args, family: str, start: float):
     """The SFT part of `trilm finetune` (`recipes/finetune.py` has set the seed and checked the family)."""
-    from .finetune import check_lora_targets, finish
+    from .finetune import finish
 
     raw = load_raw_datasets(data_args, "qa")
     checkable = {"question", "answer"} <= set(column_names(raw["train"]))
@@ -109,30 +136,21 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
         raise ValueError("sft renders conversations through the tokenizer's chat template, and this tokenizer has none.")
     model = load_model(model_args, family, tokenizer, AutoModelForCausalLM)
     model.generation_config.eos_token_id = chat_stops(tokenizer)
-    metrics = {}
-    if questions and training_args.do_train:
-        metrics["eval_answer_accuracy_before_training"], _ = answer_accuracy(model, tokenizer, questions, args.max_new_tokens)
-    new_adapter = model_args.use_peft and not hasattr(model, "peft_config")  # an adapter folder comes with its adapter
-    if new_adapter:
-        check_lora_targets(model, model_args.lora_target_modules)
-        model_args.lora_task_type = model_args.lora_task_type or "CAUSAL_LM"
     arguments = (model_args, data_args, args, training_args)
-    if training_args.process_index == 0:
-        write_arguments(training_args.output_dir, *arguments)
+    new_adapter = model_args.use_peft and not hasattr(model, "peft_config")  # an adapter folder comes with its adapter
+    metrics, peft_config = before_training(model, tokenizer, arguments, questions, new_adapter)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=chats["train"],
         eval_dataset=chats.get("validation"),
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args) if new_adapter else None,
+        peft_config=peft_config,
     )
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
     if "validation" in chats and training_args.do_eval:
         metrics |= final_metrics(None, trainer.evaluate(), None)
-    rows = []
-    if questions:
-        metrics["eval_answer_accuracy"], rows = answer_accuracy(trainer.model, tokenizer, questions, args.max_new_tokens)
+    rows = after_training(trainer, tokenizer, questions, args.max_new_tokens, metrics)
     finish(trainer, tokenizer, arguments, metrics, rows, start)
     return trainer, metrics
