@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "reward": ("a reward model on preference pairs (TRL RewardTrainer)", _lazy("reward")),
     "rlhf": ("online RL from rewards: GRPO or RLOO (TRL), PPO-style clipping and KL", _lazy("rlhf")),
     "dpo": ("direct preference optimisation (TRL DPOTrainer)", _lazy("dpo")),
+    "generate": ("sample, chat, translate or fill masks with a checkpoint", _lazy("generate")),
     "bench": ("time training and generation, optionally against transformers' reference", _lazy("bench")),
 }
 
