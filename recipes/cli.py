@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "rlhf": ("online RL from rewards: GRPO or RLOO (TRL), PPO-style clipping and KL", _lazy("rlhf")),
     "dpo": ("direct preference optimisation (TRL DPOTrainer)", _lazy("dpo")),
     "generate": ("sample, chat, translate or fill masks with a checkpoint", _lazy("generate")),
+    "push": ("upload a run folder (model, tokenizer, card) to the Hub", _lazy("push")),
     "bench": ("time training and generation, optionally against transformers' reference", _lazy("bench")),
 }
 

@@ -76,37 +76,106 @@ def final_metrics(train_output, eval_metrics: dict, tokens_per_sample: int | Non
     return metrics
 
 
-def model_card(model, recipe: str, metrics: dict, data: str) -> str:
-    config = model.config
-    parameters = sum(p.numel() for p in model.parameters())
+PIPELINE_TAGS = {  # model class name suffix -> the Hub's pipeline tag
+    "ForCausalLM": "text-generation",
+    "ForMaskedLM": "fill-mask",
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+    "ForConditionalGeneration": "text2text-generation",
+}
+FAMILIES = {"trilm_encoder": "encoder", "trilm_decoder": "decoder", "trilm_seq2seq": "seq2seq"}
+
+
+def card_metadata(model, recipe: str, metrics: dict, arguments: tuple) -> dict:
+    """The card's YAML header: library, pipeline tag, tags (trilm, family, recipe, task, peft), datasets,
+    base model and a model-index of the run's eval metrics."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    name = type(base).__name__
+    pipeline_tag = next((tag for suffix, tag in PIPELINE_TAGS.items() if name.endswith(suffix)), None)
+    values = resolved_arguments(*arguments)
+    task = values.get("task") or ("reward-modeling" if recipe == "reward" else None)
+    tags = ["trilm", FAMILIES.get(config.model_type, config.model_type), recipe, *([task] if task else [])]
+    if hasattr(model, "peft_config"):
+        tags += ["peft", "lora"]
+    metadata = {"library_name": "transformers", "pipeline_tag": pipeline_tag, "tags": tags}
+    if values.get("dataset_name"):
+        metadata["datasets"] = [values["dataset_name"]]
+    if values.get("model_name_or_path"):
+        metadata["base_model"] = values["model_name_or_path"]
+    scores = [{"type": key.removeprefix("eval_"), "value": round(float(value), 6)} for key, value in sorted(metrics.items())
+              if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(("_runtime", "_per_second"))]
+    if scores:
+        dataset = values.get("dataset_name") or values.get("train_file") or "trilm built-in corpus"
+        metadata["model-index"] = [{
+            "name": Path(values.get("output_dir", "model")).name,
+            "results": [{"task": {"type": pipeline_tag or recipe}, "dataset": {"name": str(dataset), "type": str(dataset)}, "metrics": scores}],
+        }]
+    return {key: value for key, value in metadata.items() if value is not None}
+
+
+def model_card(model, recipe: str, metrics: dict, data: str, arguments: tuple = ()) -> str:
+    """A `README.md` model card filled from the run: metadata, architecture, data, recipe arguments,
+    evaluation, loss curve, and how to load it."""
+    metadata = card_metadata(model, recipe, metrics, arguments)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    parameters = sum(p.numel() for p in base.parameters())
+    values = resolved_arguments(*arguments)
+    auto_class = {"text-generation": "AutoModelForCausalLM", "fill-mask": "AutoModelForMaskedLM",
+                  "text2text-generation": "AutoModelForSeq2SeqLM", "text-classification": "AutoModelForSequenceClassification",
+                  "token-classification": "AutoModelForTokenClassification", "question-answering": "AutoModelForQuestionAnswering"}
+    loader = auto_class.get(metadata.get("pipeline_tag"), "AutoModel")
+    layers = getattr(config, "num_hidden_layers", None) or f"{config.encoder_layers}+{config.decoder_layers}"
+    training = {key: values[key] for key in ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                                             "gradient_accumulation_steps", "lr_scheduler_type", "bf16", "seed", "use_peft", "lora_r")
+                if values.get(key) not in (None, -1)}
+    scores = [f"| {key.removeprefix('eval_')} | {value:.4g} |" for key, value in sorted(metrics.items())
+              if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(("_runtime", "_per_second"))]
+    adapter = hasattr(model, "peft_config")
+    load = (
+        [f"from peft import AutoPeftModel{loader.removeprefix('AutoModel')}", f'model = AutoPeftModel{loader.removeprefix("AutoModel")}.from_pretrained("path/to/this/folder")']
+        if adapter else [f"from transformers import {loader}", f'model = {loader}.from_pretrained("path/to/this/folder")']
+    )
     lines = [
         "---",
-        yaml.safe_dump({"library_name": "transformers", "tags": ["trilm", config.model_type, recipe]}, sort_keys=False).strip(),
+        yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True).strip(),
         "---",
         "",
-        f"# {type(model).__name__} trained by `trilm {recipe}`",
+        f"# {type(base).__name__} trained by `trilm {recipe}`" + (" (LoRA adapter)" if adapter else ""),
         "",
-        f"- parameters: {parameters:,}",
-        f"- architecture: {config.model_type}, hidden size {config.hidden_size}, "
-        f"{getattr(config, 'num_hidden_layers', '?')} layers, {config.num_attention_heads} heads "
-        f"({config.num_key_value_heads} key/value), {config.position_embedding_type} positions",
+        "## Model",
+        "",
+        f"- parameters: {parameters:,}" + (f" (base; this folder holds a LoRA adapter on `{metadata.get('base_model')}`)" if adapter else ""),
+        f"- architecture: {config.model_type}, hidden size {config.hidden_size}, {layers} layers, "
+        f"{config.num_attention_heads} heads ({config.num_key_value_heads} key/value), {config.position_embedding_type} positions, "
+        f"vocabulary {config.vocab_size}, attention `{config._attn_implementation}`",
         f"- data: {data}",
+        "",
+        "## Training",
+        "",
+        *[f"- {key}: {value}" for key, value in training.items()],
+        "",
+        "Every argument of the run: `trilm_args.yaml` "
+        f"(run it again with `trilm {recipe} --config trilm_args.yaml`). Loss curve:",
+        "",
+        "![train and eval loss](loss.png)",
         "",
         "## Evaluation",
         "",
-        *[f"- {name}: {value:.4g}" for name, value in metrics.items() if name.startswith("eval_") and isinstance(value, (int, float))],
+        *(["| metric | value |", "|---|---|", *scores] if scores else ["No evaluation in this run."]),
         "",
         "## Use",
         "",
+        "With trilm installed (its import registers the classes with transformers' Auto classes):",
+        "",
         "```python",
-        "import trilm.modeling  # or pass trust_remote_code=True where trilm is not installed",
-        "from transformers import AutoModel, AutoTokenizer",
-        'model = AutoModel.from_pretrained("path/to/this/folder")',
+        "import trilm.modeling",
+        "from transformers import AutoTokenizer",
+        *load,
         'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
         "```",
-        "",
-        "Training loss: `loss.png`. Every argument of the run: `trilm_args.yaml` "
-        f"(run it again with `trilm {recipe} --config trilm_args.yaml`).",
         "",
     ]
     return "\n".join(lines)
@@ -117,7 +186,7 @@ def save_run(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, d
     if not trainer.is_world_process_zero():
         return
     output_dir = Path(trainer.args.output_dir)
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir), _internal_call=True)  # not Trainer's push: it would upload its own generic card
     # Trainer pickles its arguments beside the weights; the folder keeps them as YAML instead (nothing to unpickle).
     (output_dir / "training_args.bin").unlink(missing_ok=True)
     tokenizer.save_pretrained(output_dir)
@@ -125,7 +194,10 @@ def save_run(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, d
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     plot_loss(trainer.state.log_history, output_dir / "loss.png", f"trilm {recipe}")
     model = trainer.accelerator.unwrap_model(trainer.model)
-    (output_dir / "README.md").write_text(model_card(model, recipe, metrics, data))
+    (output_dir / "README.md").write_text(model_card(model, recipe, metrics, data, arguments))
+    if trainer.args.push_to_hub:
+        push_folder(output_dir, trainer.args.hub_model_id or output_dir.name, private=trainer.args.hub_private_repo,
+                    token=trainer.args.hub_token, commit_message=f"trilm {recipe}")
 
 
 def write_predictions(output_dir: str, rows: list[dict]) -> None:
@@ -148,3 +220,28 @@ def save_merged(trainer, tokenizer) -> Path | None:
     model.merge_and_unload().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# What a run folder holds that does not go to the Hub: checkpoints (the optimizer state of every save) and
+# pickles (Trainer's training_args.bin; trilm writes trilm_args.yaml instead).
+NOT_PUSHED = ("checkpoint-*", "*.bin", "*.pt", "*.pth", "*.pkl")
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool | None = None, token: str | None = None,
+                commit_message: str = "trilm run") -> str:
+    """Upload a run folder (model or adapter, tokenizer, card, trilm_args.yaml, metrics, loss curve, merged/)
+    to the Hub repository `repo_id` in one commit, creating the repository if needed. Returns its URL."""
+    import fnmatch
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise ValueError(f"{folder} holds no model: push the output_dir of a finished trilm run (config.json or adapter_config.json).")
+    files = [path for path in sorted(folder.rglob("*")) if path.is_file()
+             and not any(fnmatch.fnmatch(part, pattern) for part in path.relative_to(folder).parts for pattern in NOT_PUSHED)]
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    operations = [CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path)) for path in files]
+    api.create_commit(repo_id, operations, commit_message=commit_message)
+    return str(url)

@@ -263,3 +263,53 @@ def test_a_run_stopped_part_way_resumes_to_the_same_weights(tmp_path, sft, comma
     assert expected.keys() == actual.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_the_model_card_parses_and_describes_the_run(tmp_path, sft):
+    from huggingface_hub import ModelCard
+
+    config = run_config(tmp_path, "carded", model_name_or_path=str(sft), train_file=write_jsonl(tmp_path / "p.jsonl", pairs(40)))
+    assert trilm(["reward", "--config", str(config)]) == 0
+    card = ModelCard.load(tmp_path / "carded" / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-classification"
+    assert {"trilm", "decoder", "reward", "peft", "lora"} <= set(data["tags"]) and data["base_model"] == str(sft)
+    scores = {m["type"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
+    assert scores["reward_accuracy"] == pytest.approx(metrics(tmp_path / "carded")["eval_reward_accuracy"], abs=1e-6)
+    assert "AutoPeftModelForSequenceClassification" in card.text and "loss.png" in card.text and "learning_rate" in card.text
+
+
+@pytest.fixture
+def captured_uploads(monkeypatch) -> list[dict]:
+    """huggingface_hub's repository creation and commit, captured instead of sent (no network)."""
+    from huggingface_hub import HfApi, RepoUrl
+
+    commits = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: commits.append(
+        {"repo_id": repo_id, "files": sorted(op.path_in_repo for op in operations), "message": kwargs.get("commit_message")}))
+    return commits
+
+
+def test_push_uploads_a_lora_run_with_its_card_in_one_commit(tmp_path, sft, captured_uploads):
+    config = run_config(tmp_path, "to-hub", model_name_or_path=str(sft), train_file=write_jsonl(tmp_path / "p.jsonl", pairs(40)),
+                        save_strategy="steps", save_steps=2)
+    assert trilm(["dpo", "--config", str(config)]) == 0
+    assert list((tmp_path / "to-hub").glob("checkpoint-*"))  # checkpoints exist locally and stay behind
+    assert trilm(["push", "--output_dir", str(tmp_path / "to-hub"), "--repo_id", "someone/tiny-dpo"]) == 0
+    (commit,) = captured_uploads
+    assert commit["repo_id"] == "someone/tiny-dpo"
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "README.md", "trilm_args.yaml", "metrics.json"} <= set(commit["files"])
+    assert not [f for f in commit["files"] if f.startswith("checkpoint-") or f.endswith((".bin", ".pt"))]
+    assert f"base_model: {sft}" in (tmp_path / "to-hub" / "README.md").read_text()
+
+
+def test_push_to_hub_in_a_recipe_uploads_the_trilm_card(tmp_path, sft, captured_uploads):
+    config = run_config(tmp_path, "pushed", model_name_or_path=str(sft), use_peft=False, train_file=write_jsonl(tmp_path / "p.jsonl", pairs(40)),
+                        push_to_hub=True, hub_model_id="someone/tiny-reward")
+    assert trilm(["reward", "--config", str(config)]) == 0
+    assert [c["repo_id"] for c in captured_uploads] == ["someone/tiny-reward"]  # one commit, at the end
+    assert {"model.safetensors", "config.json", "README.md"} <= set(captured_uploads[0]["files"])
+    assert "trained by `trilm reward`" in (tmp_path / "pushed" / "README.md").read_text()
+    with pytest.raises(ValueError, match="holds no model"):
+        trilm(["push", "--output_dir", str(tmp_path), "--repo_id", "someone/nothing"])
