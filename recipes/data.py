@@ -275,7 +275,8 @@ def pack_texts(
     (`input_ids`, and `offset_mapping` with `with_offsets`, which whole-word masking reads), with
     `separator_id` (EOS, or SEP for encoders) after each document when given. A batch's remainder shorter
     than a block is dropped, as in run_clm. `datasets` caches the result for file-backed data."""
-    encode = getattr(tokenizer, "encode_corpus", None)
+    from trilm.tokenization import encode_corpus
+
     separator = [separator_id] if separator_id is not None else []
 
     def tokenize_and_pack(batch: dict) -> dict:
@@ -284,7 +285,7 @@ def pack_texts(
             encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
             ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
         else:
-            ids = encode(texts, add_special_tokens=False) if encode else tokenizer(texts, add_special_tokens=False)["input_ids"]
+            ids = encode_corpus(tokenizer, texts, add_special_tokens=False)
         stream = [token for doc in ids for token in doc + separator]
         usable = len(stream) // block_size * block_size
         packed = {"input_ids": [stream[i : i + block_size] for i in range(0, usable, block_size)]}

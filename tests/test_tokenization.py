@@ -43,8 +43,9 @@ def test_every_kind_and_family_trains_saves_and_reloads_identically(shared_data,
     tokenizer = train_tokenizer(files=books, kind=kind, vocab_size=1500, family=family, max_chars=400_000, num_sentinels=10)
     assert isinstance(tokenizer, TrilmTokenizer) and len(tokenizer) <= 1500
     tokenizer.save_pretrained(tmp_path)
-    reloaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert type(reloaded) is TrilmTokenizer
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)  # transformers' generic fast class: no custom code to run
+    assert type(reloaded).__name__ == "TokenizersBackend" and type(TrilmTokenizer.from_pretrained(tmp_path)) is TrilmTokenizer
+    assert reloaded.chat_template == tokenizer.chat_template and reloaded.all_special_tokens == tokenizer.all_special_tokens
     texts = (shared_data / "gutenberg_pg84_frankenstein.txt").read_text(encoding="utf-8-sig").splitlines()[2000:2040]
     assert tokenizer(texts)["input_ids"] == reloaded(texts)["input_ids"]
 
@@ -227,13 +228,18 @@ def test_cli_trains_from_yaml_and_flags_and_reports(tmp_path, capsys):
         trilm(["tokenizer", "--output_dir", str(tmp_path / "none")])
 
 
-def test_tokenizer_loads_with_trust_remote_code_without_importing_trilm(bpe, tmp_path):
+def test_a_saved_tokenizer_loads_with_plain_auto_tokenizer_where_trilm_cannot_be_imported(bpe, tmp_path):
     bpe.save_pretrained(tmp_path / "tok")
+    config = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    assert "auto_map" not in config and not (tmp_path / "tok" / "tokenization_trilm.py").exists()
     script = f"""
+import sys
+sys.modules["trilm"] = None  # import trilm fails from here on
 from transformers import AutoTokenizer
-tok = AutoTokenizer.from_pretrained({str(tmp_path / "tok")!r}, trust_remote_code=True)
-assert type(tok).__name__ == "TrilmTokenizer", type(tok)
-assert tok("hello")["input_ids"] == {bpe("hello")["input_ids"]}
+tok = AutoTokenizer.from_pretrained({str(tmp_path / "tok")!r})
+assert tok("hello world")["input_ids"] == {bpe("hello world")["input_ids"]}
+assert tok.decode(tok("hello world")["input_ids"], skip_special_tokens=True) == "hello world"
+assert tok.pad_token == {bpe.pad_token!r} and tok.eos_token == {bpe.eos_token!r} and tok.chat_template == {bpe.chat_template!r}
 """
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)

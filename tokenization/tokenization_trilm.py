@@ -62,22 +62,34 @@ def family_tokens(family: str, num_sentinels: int = 100) -> FamilyTokens:
     raise ValueError(f"family={family!r} is invalid: allowed values are {', '.join(map(repr, FAMILIES))}.")
 
 
+def encode_corpus(tokenizer, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """Token ids of many texts at backend speed (no offsets, no Python-side conversion per token), for any
+    fast tokenizer; the same ids as `tokenizer(texts)["input_ids"]`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+
+
 class TrilmTokenizer(PreTrainedTokenizerFast):
-    """The fast tokenizer of every trilm family (registered with AutoTokenizer). Adds `encode_corpus`, the
-    bulk path that goes straight to the Rust backend for tokenizing a pretraining corpus."""
+    """The fast tokenizer every trilm family trains. Adds `encode_corpus`, the bulk path that goes straight
+    to the Rust backend for tokenizing a pretraining corpus. It saves as transformers' generic fast tokenizer
+    (`TokenizersBackend`, with special tokens, post-processor and chat template as data), so a saved folder
+    loads with plain `AutoTokenizer.from_pretrained` in any transformers 5 environment, with no custom code;
+    `TrilmTokenizer.from_pretrained(folder)` gives this class back."""
 
     def encode_corpus(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         """Token ids of many texts at backend speed: no offsets, no Python-side conversion per token."""
-        return [encoding.ids for encoding in self.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+        return encode_corpus(self, texts, add_special_tokens)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         files = super().save_pretrained(save_directory, *args, **kwargs)
-        # As for configs: auto_map plus a shim, so trust_remote_code=True loads it wherever trilm is installed.
         config_path = Path(save_directory) / "tokenizer_config.json"
         config = json.loads(config_path.read_text())
-        config["auto_map"] = {"AutoTokenizer": [None, "tokenization_trilm.TrilmTokenizer"]}
+        config["tokenizer_class"] = "TokenizersBackend"
+        config.pop("auto_map", None)  # folders written by earlier trilm versions pointed here at a shim importing trilm
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        (Path(save_directory) / "tokenization_trilm.py").write_text("from trilm.tokenization import TrilmTokenizer  # noqa: F401\n")
+        (Path(save_directory) / "tokenization_trilm.py").unlink(missing_ok=True)
         return files
 
 
