@@ -23,12 +23,54 @@ CHOICES = {
     "position_embedding_type": ("rope", "sinusoidal", "learned"),
 }
 
-# Files written next to every saved config, so that `trust_remote_code=True` loads a checkpoint through
-# `auto_map` (for example from the Hub) wherever trilm is installed. They import the installed classes.
-_REMOTE_CODE_SHIMS = {
-    "configuration_trilm.py": "from trilm.configuration import *  # noqa: F401,F403\n",
-    "modeling_trilm.py": "from trilm.modeling import *  # noqa: F401,F403\n",
-}
+# The modules of trilm.modeling that make up the models, in dependency order. Every saved config is written
+# with two flat files beside it, so that `trust_remote_code=True` loads the checkpoint through `auto_map`
+# where only torch and transformers are installed: this file as it is, and `modeling_trilm.py`, those modules
+# joined into one with the package-internal imports replaced by one relative import of this file.
+MODELING_MODULES = ("compat", "losses", "blocks", "decoder", "encoder", "seq2seq")
+REMOTE_CODE_FILES = ("configuration_trilm.py", "modeling_trilm.py")
+
+
+def flat_modeling_source() -> str:
+    """The source of `modeling_trilm.py`: trilm.modeling's model modules joined, importing only torch,
+    transformers and (relatively) `configuration_trilm`."""
+    import ast
+    import importlib
+
+    parts = [
+        '"""trilm models (remote code, generated from trilm.modeling by trilm when the checkpoint was saved)."""',
+        "",
+        "from .configuration_trilm import TrilmConfig, TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig  # noqa: F401",
+    ]
+    for name in MODELING_MODULES:
+        source = open(importlib.import_module(f"trilm.modeling.{name}").__file__).read()
+        lines = source.splitlines()
+        internal = [node for node in ast.parse(source).body
+                    if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("trilm"))]
+        for node in sorted(internal, key=lambda n: n.lineno, reverse=True):
+            del lines[node.lineno - 1 : node.end_lineno]
+        parts += ["", f"# {'-' * 100} from trilm/modeling/{name}.py", *lines]
+    return "\n".join(parts) + "\n"
+
+
+def write_remote_code(save_directory: str | os.PathLike) -> None:
+    """Write the two remote-code files into `save_directory`: generated from the installed package, or,
+    where this module is itself remote code, copied from beside it (a re-saved remote checkpoint gets the
+    same two files)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = __name__.startswith("trilm.")
+    for filename in REMOTE_CODE_FILES:
+        if filename == "modeling_trilm.py" and installed:
+            source = flat_modeling_source()
+        elif os.path.isfile(os.path.join(here, filename)):
+            with open(os.path.join(here, filename)) as f:
+                source = f.read()
+        else:
+            continue  # a remote config loaded without its models: the folder keeps what it has
+        target = os.path.join(save_directory, filename)
+        if os.path.abspath(target) != os.path.join(here, filename):
+            with open(target, "w") as f:
+                f.write(source)
 
 
 def _field_error(name: str, value: Any, requirement: str) -> ValueError:
@@ -161,9 +203,7 @@ class TrilmConfig(PreTrainedConfig):
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
         self.auto_map = {**(self.auto_map or {}), **self._canonical_auto_map()}
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        for filename, source in _REMOTE_CODE_SHIMS.items():
-            with open(os.path.join(save_directory, filename), "w") as f:
-                f.write(source)
+        write_remote_code(save_directory)
 
 
 @strict

@@ -177,6 +177,16 @@ def model_card(model, recipe: str, metrics: dict, data: str, arguments: tuple = 
         'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
         "```",
         "",
+        *([] if adapter else [
+            "Without trilm (the folder carries its code: `configuration_trilm.py`, `modeling_trilm.py`):",
+            "",
+            "```python",
+            f"from transformers import AutoTokenizer, {loader}",
+            f'model = {loader}.from_pretrained("path/to/this/folder", trust_remote_code=True)',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            "```",
+            "",
+        ]),
     ]
     return "\n".join(lines)
 

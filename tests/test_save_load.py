@@ -11,7 +11,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceCl
 
 from trilm.modeling import TrilmDecoderForCausalLM, TrilmDecoderForSequenceClassification, TrilmDecoderModel
 
-from .conftest import tiny_decoder_config
+from .conftest import tiny_decoder_config, tiny_encoder_config, tiny_seq2seq_config
 
 X = torch.tensor([[5, 17, 33, 8, 9], [41, 9, 12, 70, 3]])
 
@@ -74,24 +74,46 @@ def test_rope_buffers_are_rebuilt_on_load(tmp_path):
     assert torch.equal(reloaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
 
 
-def test_checkpoint_loads_with_trust_remote_code_through_auto_map(tmp_path):
+REMOTE = {  # family -> (head class, Auto class, tiny config)
+    "decoder": ("TrilmDecoderForCausalLM", "AutoModelForCausalLM", tiny_decoder_config),
+    "encoder": ("TrilmEncoderForMaskedLM", "AutoModelForMaskedLM", tiny_encoder_config),
+    "seq2seq": ("TrilmSeq2SeqForConditionalGeneration", "AutoModelForSeq2SeqLM", tiny_seq2seq_config),
+}
+
+
+@pytest.mark.parametrize("family", REMOTE)
+def test_a_checkpoint_loads_with_trust_remote_code_where_trilm_cannot_be_imported(tmp_path, family):
+    import trilm.modeling
+
+    head, auto, make_config = REMOTE[family]
     torch.manual_seed(0)
-    model = TrilmDecoderForCausalLM(tiny_decoder_config()).eval()
+    model = getattr(trilm.modeling, head)(make_config()).eval()
     model.save_pretrained(tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_trilm.TrilmDecoderForCausalLM"
-    assert {"configuration_trilm.py", "modeling_trilm.py"} <= set(saved_files(tmp_path / "ckpt"))
+    assert config["auto_map"][auto] == f"modeling_trilm.{head}"
+    assert set(saved_files(tmp_path / "ckpt")) >= {"configuration_trilm.py", "modeling_trilm.py"}
+    inputs = {"input_ids": X} | ({"decoder_input_ids": X[:, :3]} if family == "seq2seq" else {})
     with torch.no_grad():
-        torch.save(model(X).logits, tmp_path / "expected.pt")
-    # A fresh interpreter that never imports trilm itself: only auto_map can find the classes.
+        torch.save(model(**inputs).logits, tmp_path / "expected.pt")
+    # A fresh interpreter where `import trilm` fails: only the checkpoint's own files can define the classes.
     script = f"""
-import sys, torch
-from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
-assert type(model).__module__ == "trilm.modeling.decoder", type(model).__module__
-expected = torch.load({str(tmp_path / "expected.pt")!r}, weights_only=True)
-assert torch.equal(model(torch.tensor({X.tolist()})).logits, expected)
-assert "trilm.modeling" in sys.modules
+import os, sys, torch
+sys.modules["trilm"] = None
+from transformers import AutoConfig, {auto}
+folder = {str(tmp_path / "ckpt")!r}
+AutoConfig.from_pretrained(folder, trust_remote_code=True)
+model = {auto}.from_pretrained(folder, trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+inputs = {{"input_ids": torch.tensor({X.tolist()})}}
+if {family == "seq2seq"}:
+    inputs["decoder_input_ids"] = inputs["input_ids"][:, :3]
+with torch.no_grad():
+    assert torch.equal(model(**inputs).logits, torch.load({str(tmp_path / "expected.pt")!r}, weights_only=True))
+model.save_pretrained({str(tmp_path / "again")!r})  # re-saved: the same two code files, nothing else
+code = {{name for name in os.listdir({str(tmp_path / "again")!r}) if name.endswith(".py")}}
+assert code == {{"configuration_trilm.py", "modeling_trilm.py"}}, code
+for name in code:
+    assert open(os.path.join(folder, name)).read() == open(os.path.join({str(tmp_path / "again")!r}, name)).read(), name
 """
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
