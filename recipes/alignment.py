@@ -13,17 +13,14 @@ template as `trilm finetune --task sft`:
 import importlib
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import set_seed
 
 from .corpus import check_answer, load_builtin
 from .data import column_names
 from .models import adapter_base, load_model
-from .runtime import tune_cpu_allocator
 from .sft import chat_stops
 
 
@@ -32,15 +29,6 @@ class AlignmentArguments:
     max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per held-out question (answer accuracy)"})
     merge: bool = field(default=False, metadata={"help": "LoRA: also write a merged plain checkpoint to output_dir/merged"})
     tune_cpu_allocator: bool = field(default=True, metadata={"help": "on CPU, keep freed memory in the heap (~20%% faster steps)"})
-
-
-def begin(args: AlignmentArguments, training_args) -> float:
-    """Process settings and the seed, before any model is built. Returns the start time."""
-    start = time.perf_counter()
-    if args.tune_cpu_allocator and not torch.cuda.is_available():
-        tune_cpu_allocator()
-    set_seed(training_args.seed)
-    return start
 
 
 # ----------------------------------------------------------------------------------------------- rows

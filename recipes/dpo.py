@@ -13,17 +13,18 @@ margins, and greedy answer accuracy on held-out questions before and after, wher
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-from .alignment import AlignmentArguments, begin, check_max_length, check_reference, checkable_questions, load_merged, preference_dataset
+from .alignment import AlignmentArguments, check_max_length, check_reference, checkable_questions, load_merged, preference_dataset
 from .args import launch_defaults, parse_args
 from .data import DataArguments, load_raw_datasets
 from .finetune import FinetuneModelArguments, check_family, finish
 from .models import load_tokenizer, resolve_family
 from .output import final_metrics
+from .runtime import start_run
 from .sft import after_training, before_training
 
 
 def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: DPOConfig):
-    start = begin(args, training_args)
+    start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
     check_family("dpo", ("decoder",), family)
     check_reference(model_args, training_args.beta)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments, set_seed
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 from trl import ModelConfig, SFTConfig
 from trl.trainer.utils import get_peft_config
 
@@ -23,7 +23,7 @@ from .args import launch_defaults, parse_args, peek_option
 from .data import DataArguments
 from .models import ModelArguments, load_model, load_tokenizer, max_positions, resolve_family
 from .output import final_metrics, save_merged, save_run, write_arguments, write_predictions
-from .runtime import tune_cpu_allocator
+from .runtime import start_run
 
 
 @dataclass
@@ -122,10 +122,7 @@ def add_lora(model, model_args: FinetuneModelArguments, peft_task_type: str):
 def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: FinetuneArguments, training_args: TrainingArguments):
     if args.merge and not model_args.use_peft:
         raise ValueError("--merge true merges a LoRA adapter into its base; this run trains the model in full (use_peft false).")
-    start = time.perf_counter()
-    if args.tune_cpu_allocator and not torch.cuda.is_available():
-        tune_cpu_allocator()
-    set_seed(training_args.seed)
+    start = start_run(args.tune_cpu_allocator, training_args.seed)
     task = task_module(args.task)
     family = resolve_family(model_args)
     check_family(args.task, task.families, family)

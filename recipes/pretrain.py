@@ -11,15 +11,14 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-import torch
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
 from .args import launch_defaults, parse_args
 from .collators import CausalLMCollator, SeededCollator, SpanCorruptionCollator, span_corruption_lengths
 from .data import DataArguments, load_raw_datasets, pack_texts, require_columns, text_rows
 from .models import ModelArguments, load_model, load_tokenizer, resolve_family
 from .output import final_metrics, save_run, write_arguments
-from .runtime import tune_cpu_allocator
+from .runtime import start_run
 
 
 @dataclass
@@ -60,10 +59,7 @@ def objective(family: str, tokenizer, args: PretrainArguments, block_size: int, 
 def run(
     model_args: ModelArguments, data_args: DataArguments, args: PretrainArguments, training_args: TrainingArguments
 ) -> tuple[Trainer, dict]:
-    start = time.perf_counter()
-    if args.tune_cpu_allocator and not torch.cuda.is_available():
-        tune_cpu_allocator()
-    set_seed(training_args.seed)  # before the model is built: its initial weights come from this seed
+    start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
     raw = load_raw_datasets(data_args)
     text_column = data_args.text_column_name or "text"

@@ -13,16 +13,17 @@ Pairs are `prompt`/`chosen`/`rejected` rows, `chosen`/`rejected` conversations, 
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
-from .alignment import AlignmentArguments, begin, check_max_length, check_pairs_kept, load_merged, pairwise_metrics, preference_dataset
+from .alignment import AlignmentArguments, check_max_length, check_pairs_kept, load_merged, pairwise_metrics, preference_dataset
 from .args import launch_defaults, parse_args
 from .data import DataArguments, load_raw_datasets
 from .finetune import FinetuneModelArguments, add_lora, check_family, finish
 from .models import load_tokenizer, resolve_family
 from .output import final_metrics, write_arguments
+from .runtime import start_run
 
 
 def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: RewardConfig):
-    start = begin(args, training_args)
+    start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
     check_family("reward", ("decoder",), family)
     pairs = preference_dataset(load_raw_datasets(data_args, "preferences"))

@@ -21,7 +21,6 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from .alignment import (
     AlignmentArguments,
-    begin,
     check_reference,
     check_reward_tokenizer,
     checkable_questions,
@@ -34,6 +33,7 @@ from .data import DataArguments, load_raw_datasets
 from .finetune import FinetuneModelArguments, check_family, finish
 from .models import ModelArguments, load_tokenizer, resolve_family
 from .output import final_metrics
+from .runtime import start_run
 from .sft import after_training, before_training
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
@@ -100,7 +100,7 @@ def training_summary(log_history: list[dict]) -> dict:
 
 
 def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHFArguments, training_args: GRPOConfig | RLOOConfig):
-    start = begin(args, training_args)
+    start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
     check_family("rlhf", ("decoder",), family)
     check_reference(model_args, training_args.beta)

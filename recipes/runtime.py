@@ -13,6 +13,7 @@ or tcmalloc achieves. The cost: the process keeps its peak heap instead of retur
 import ctypes
 import ctypes.util
 import sys
+import time
 
 # mallopt parameters, from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
@@ -39,3 +40,19 @@ def tune_cpu_allocator(keep_freed_memory: bool = True) -> bool:
     if not any(mallopt(M_MMAP_THRESHOLD, value) == 1 for value in mmap_thresholds):
         return False
     return mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
+
+
+def start_run(tune_allocator: bool, seed: int) -> float:
+    """What every recipe does first: keep freed CPU memory in the heap (when asked, and with no GPU), then
+    seed everything before any model is built (its initial weights come from the seed). Returns the start
+    time, from which the run's `wall_time` is measured."""
+    start = time.perf_counter()
+    if tune_allocator:
+        import torch
+
+        if not torch.cuda.is_available():
+            tune_cpu_allocator()
+    from transformers import set_seed
+
+    set_seed(seed)
+    return start
