@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .corpus import check_answer, load_builtin
+from .corpus import check_answer
 from .data import column_names
 from .models import adapter_base, load_model
 from .sft import chat_stops
@@ -111,19 +111,6 @@ def load_merged(model_args, family: str, tokenizer, auto_class, **config_fields)
     if model.can_generate():
         model.generation_config.eos_token_id = chat_stops(tokenizer)
     return model
-
-
-def checkable_questions(data_args, raw=None) -> list[dict]:
-    """Questions with checkable answers that no stage trains on: the built-in corpus's `qa` test split when
-    no data is given, else `question`/`answer` rows of `raw`'s test (or validation) split."""
-    if data_args.train_file is None and data_args.dataset_name is None:
-        raw = load_builtin("qa", data_args.corpus_seed)
-    if raw is None:
-        return []
-    split = "test" if "test" in raw else "validation"
-    if split not in raw or not {"question", "answer"} <= set(column_names(raw[split])):
-        return []
-    return [{key: row[key] for key in ("question", "answer", "response") if key in row} for row in raw[split]][: data_args.max_eval_samples]
 
 
 def check_reference(model_args, beta: float) -> None:

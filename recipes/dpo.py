@@ -13,14 +13,14 @@ margins, and greedy answer accuracy on held-out questions before and after, wher
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-from .alignment import AlignmentArguments, check_max_length, check_reference, checkable_questions, load_merged, preference_dataset
+from .alignment import AlignmentArguments, check_max_length, check_reference, load_merged, preference_dataset
 from .args import launch_defaults, parse_args
 from .data import DataArguments, load_raw_datasets
 from .finetune import FinetuneModelArguments, check_family, finish
 from .models import load_tokenizer, resolve_family
 from .output import final_metrics
 from .runtime import start_run
-from .sft import after_training, before_training
+from .sft import after_training, before_training, held_out_questions
 
 
 def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: DPOConfig):
@@ -30,7 +30,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
     check_reference(model_args, training_args.beta)
     raw = load_raw_datasets(data_args, "preferences")
     pairs = preference_dataset(raw)
-    questions = checkable_questions(data_args, raw)
+    questions = held_out_questions(data_args, raw)
     texts = (turn["content"] for row in pairs["train"] for part in ("prompt", "chosen", "rejected") for turn in row[part])
     tokenizer = load_tokenizer(model_args, family, texts=texts)
     model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)

@@ -23,7 +23,6 @@ from .alignment import (
     AlignmentArguments,
     check_reference,
     check_reward_tokenizer,
-    checkable_questions,
     import_reward,
     load_merged,
     prompt_dataset,
@@ -34,7 +33,7 @@ from .finetune import FinetuneModelArguments, check_family, finish
 from .models import ModelArguments, load_tokenizer, resolve_family
 from .output import final_metrics
 from .runtime import start_run
-from .sft import after_training, before_training
+from .sft import after_training, before_training, held_out_questions
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
 # PPO-style by default: clipping acts (two updates per generation batch) and a KL penalty to the reference.
@@ -107,7 +106,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     check_checkpoint_steps(training_args)
     raw = load_raw_datasets(data_args, "qa")
     prompts = prompt_dataset(raw)
-    questions = checkable_questions(data_args, raw)
+    questions = held_out_questions(data_args, raw)
     texts = (turn["content"] for row in prompts["train"] for turn in row["prompt"])
     tokenizer = load_tokenizer(model_args, family, texts=texts)
     rewards = reward_sources(args, data_args, tokenizer)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from trl import SFTTrainer
 from trl.trainer.utils import get_peft_config
 
-from .corpus import check_answer
+from .corpus import check_answer, load_builtin
 from .data import column_names, load_raw_datasets
 from .models import load_model, load_tokenizer
 from .output import final_metrics, write_arguments
@@ -52,12 +52,16 @@ def conversations(raw):
     return raw.map(to_conversation, remove_columns=column_names(raw["train"]))
 
 
-def held_out_questions(raw, checkable: bool, limit: int | None) -> list[dict]:
-    """Questions with checkable answers (at most `limit`) from the split no stage trains on (`test`, else `validation`)."""
-    split = "test" if "test" in raw else "validation"
-    if not checkable or split not in raw:
-        return []
-    return [{key: row[key] for key in ("question", "answer", "response") if key in row} for row in raw[split]][:limit]
+def held_out_questions(data_args, raw=None) -> list[dict]:
+    """Questions with checkable answers that no stage trains on (at most `max_eval_samples`): the
+    `question`/`answer` rows of `raw`'s test split (else its validation split), or, when those rows have no
+    such columns and no data was given, the built-in corpus's `qa` test split."""
+    split = next((name for name in ("test", "validation") if raw is not None and name in raw), None)
+    if not split or not {"question", "answer"} <= set(column_names(raw[split])):
+        if data_args.train_file is not None or data_args.dataset_name is not None:
+            return []
+        raw, split = load_builtin("qa", data_args.corpus_seed), "test"
+    return [{key: row[key] for key in ("question", "answer", "response") if key in row} for row in raw[split]][: data_args.max_eval_samples]
 
 
 def chat_stops(tokenizer) -> list[int]:
@@ -127,8 +131,7 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
     from .finetune import finish
 
     raw = load_raw_datasets(data_args, "qa")
-    checkable = {"question", "answer"} <= set(column_names(raw["train"]))
-    questions = held_out_questions(raw, checkable, data_args.max_eval_samples)
+    questions = held_out_questions(data_args, raw)
     chats = conversations(raw)
     contents = (turn["content"] for row in chats["train"] for part in ("messages", "prompt", "completion") for turn in row.get(part) or [])
     tokenizer = load_tokenizer(model_args, family, texts=contents)
