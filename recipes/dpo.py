@@ -20,7 +20,7 @@ from .finetune import FinetuneModelArguments, check_family, finish
 from .models import load_tokenizer, resolve_family
 from .output import final_metrics
 from .runtime import start_run
-from .sft import after_training, before_training, held_out_questions
+from .sft import after_training, before_training, held_out_questions, turn_texts
 
 
 def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: DPOConfig):
@@ -31,8 +31,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
     raw = load_raw_datasets(data_args, "preferences")
     pairs = preference_dataset(raw)
     questions = held_out_questions(data_args, raw)
-    texts = (turn["content"] for row in pairs["train"] for part in ("prompt", "chosen", "rejected") for turn in row[part])
-    tokenizer = load_tokenizer(model_args, family, texts=texts)
+    tokenizer = load_tokenizer(model_args, family, texts=turn_texts(pairs["train"], ("prompt", "chosen", "rejected")))
     model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)
     training_args.max_length = check_max_length(training_args.max_length, model.config)
     arguments = (model_args, data_args, args, training_args)

@@ -20,6 +20,7 @@ from .finetune import FinetuneModelArguments, add_lora, check_family, finish
 from .models import load_tokenizer, resolve_family
 from .output import final_metrics, write_arguments
 from .runtime import start_run
+from .sft import turn_texts
 
 
 def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: RewardConfig):
@@ -27,8 +28,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
     family = resolve_family(model_args)
     check_family("reward", ("decoder",), family)
     pairs = preference_dataset(load_raw_datasets(data_args, "preferences"))
-    texts = (turn["content"] for row in pairs["train"] for part in ("prompt", "chosen", "rejected") for turn in row[part])
-    tokenizer = load_tokenizer(model_args, family, texts=texts)
+    tokenizer = load_tokenizer(model_args, family, texts=turn_texts(pairs["train"], ("prompt", "chosen", "rejected")))
     model = load_merged(model_args, family, tokenizer, AutoModelForSequenceClassification, num_labels=1)
     training_args.max_length = check_max_length(training_args.max_length, model.config)
     if model_args.use_peft:

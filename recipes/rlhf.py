@@ -33,7 +33,7 @@ from .finetune import FinetuneModelArguments, check_family, finish
 from .models import ModelArguments, load_tokenizer, resolve_family
 from .output import final_metrics
 from .runtime import start_run
-from .sft import after_training, before_training, held_out_questions
+from .sft import after_training, before_training, held_out_questions, turn_texts
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
 # PPO-style by default: clipping acts (two updates per generation batch) and a KL penalty to the reference.
@@ -107,8 +107,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     raw = load_raw_datasets(data_args, "qa")
     prompts = prompt_dataset(raw)
     questions = held_out_questions(data_args, raw)
-    texts = (turn["content"] for row in prompts["train"] for turn in row["prompt"])
-    tokenizer = load_tokenizer(model_args, family, texts=texts)
+    tokenizer = load_tokenizer(model_args, family, texts=turn_texts(prompts["train"], ("prompt",)))
     rewards = reward_sources(args, data_args, tokenizer)
     model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)
     arguments = (model_args, data_args, args, training_args)

@@ -46,6 +46,11 @@ def check_columns(dataset, split: str) -> None:
         )
 
 
+def turn_texts(rows, columns: tuple[str, ...]):
+    """The text of every turn in the conversation `columns` of `rows` (what a tokenizer trains on)."""
+    return (turn["content"] for row in rows for column in columns for turn in row.get(column) or [])
+
+
 def conversations(raw):
     for split, rows in raw.items():
         check_columns(rows, split)
@@ -133,8 +138,7 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
     raw = load_raw_datasets(data_args, "qa")
     questions = held_out_questions(data_args, raw)
     chats = conversations(raw)
-    contents = (turn["content"] for row in chats["train"] for part in ("messages", "prompt", "completion") for turn in row.get(part) or [])
-    tokenizer = load_tokenizer(model_args, family, texts=contents)
+    tokenizer = load_tokenizer(model_args, family, texts=turn_texts(chats["train"], ("messages", "prompt", "completion")))
     if tokenizer.chat_template is None:
         raise ValueError("sft renders conversations through the tokenizer's chat template, and this tokenizer has none.")
     model = load_model(model_args, family, tokenizer, AutoModelForCausalLM)
