@@ -87,30 +87,34 @@ PIPELINE_TAGS = {  # model class name suffix -> the Hub's pipeline tag
 FAMILIES = {"trilm_encoder": "encoder", "trilm_decoder": "decoder", "trilm_seq2seq": "seq2seq"}
 
 
-def card_metadata(model, recipe: str, metrics: dict, arguments: tuple) -> dict:
+def eval_scores(metrics: dict) -> dict[str, float]:
+    """The run's evaluation figures for the card (eval_* without the prefix; timings left out)."""
+    return {key.removeprefix("eval_"): float(value) for key, value in sorted(metrics.items())
+            if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(("_runtime", "_per_second"))}
+
+
+def card_metadata(base, adapter: bool, recipe: str, scores: dict[str, float], values: dict) -> dict:
     """The card's YAML header: library, pipeline tag, tags (trilm, family, recipe, task, peft), datasets,
-    base model and a model-index of the run's eval metrics."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base model and a model-index of the run's eval `scores`. `base` is the model (without a PEFT wrapper),
+    `values` the run's resolved arguments."""
     config = base.config
     name = type(base).__name__
     pipeline_tag = next((tag for suffix, tag in PIPELINE_TAGS.items() if name.endswith(suffix)), None)
-    values = resolved_arguments(*arguments)
     task = values.get("task") or ("reward-modeling" if recipe == "reward" else None)
     tags = ["trilm", FAMILIES.get(config.model_type, config.model_type), recipe, *([task] if task else [])]
-    if hasattr(model, "peft_config"):
+    if adapter:
         tags += ["peft", "lora"]
     metadata = {"library_name": "transformers", "pipeline_tag": pipeline_tag, "tags": tags}
     if values.get("dataset_name"):
         metadata["datasets"] = [values["dataset_name"]]
     if values.get("model_name_or_path"):
         metadata["base_model"] = values["model_name_or_path"]
-    scores = [{"type": key.removeprefix("eval_"), "value": round(float(value), 6)} for key, value in sorted(metrics.items())
-              if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(("_runtime", "_per_second"))]
     if scores:
         dataset = values.get("dataset_name") or values.get("train_file") or "trilm built-in corpus"
+        metrics = [{"type": name, "value": round(value, 6)} for name, value in scores.items()]
         metadata["model-index"] = [{
             "name": Path(values.get("output_dir", "model")).name,
-            "results": [{"task": {"type": pipeline_tag or recipe}, "dataset": {"name": str(dataset), "type": str(dataset)}, "metrics": scores}],
+            "results": [{"task": {"type": pipeline_tag or recipe}, "dataset": {"name": str(dataset), "type": str(dataset)}, "metrics": metrics}],
         }]
     return {key: value for key, value in metadata.items() if value is not None}
 
@@ -118,11 +122,12 @@ def card_metadata(model, recipe: str, metrics: dict, arguments: tuple) -> dict:
 def model_card(model, recipe: str, metrics: dict, data: str, arguments: tuple = ()) -> str:
     """A `README.md` model card filled from the run: metadata, architecture, data, recipe arguments,
     evaluation, loss curve, and how to load it."""
-    metadata = card_metadata(model, recipe, metrics, arguments)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    adapter = hasattr(model, "peft_config")
+    values, scores = resolved_arguments(*arguments), eval_scores(metrics)
+    metadata = card_metadata(base, adapter, recipe, scores, values)
     config = base.config
     parameters = sum(p.numel() for p in base.parameters())
-    values = resolved_arguments(*arguments)
     auto_class = {"text-generation": "AutoModelForCausalLM", "fill-mask": "AutoModelForMaskedLM",
                   "text2text-generation": "AutoModelForSeq2SeqLM", "text-classification": "AutoModelForSequenceClassification",
                   "token-classification": "AutoModelForTokenClassification", "question-answering": "AutoModelForQuestionAnswering"}
@@ -131,9 +136,6 @@ def model_card(model, recipe: str, metrics: dict, data: str, arguments: tuple = 
     training = {key: values[key] for key in ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                                              "gradient_accumulation_steps", "lr_scheduler_type", "bf16", "seed", "use_peft", "lora_r")
                 if values.get(key) not in (None, -1)}
-    scores = [f"| {key.removeprefix('eval_')} | {value:.4g} |" for key, value in sorted(metrics.items())
-              if key.startswith("eval_") and isinstance(value, (int, float)) and not key.endswith(("_runtime", "_per_second"))]
-    adapter = hasattr(model, "peft_config")
     load = (
         [f"from peft import AutoPeftModel{loader.removeprefix('AutoModel')}", f'model = AutoPeftModel{loader.removeprefix("AutoModel")}.from_pretrained("path/to/this/folder")']
         if adapter else [f"from transformers import {loader}", f'model = {loader}.from_pretrained("path/to/this/folder")']
@@ -164,7 +166,7 @@ def model_card(model, recipe: str, metrics: dict, data: str, arguments: tuple = 
         "",
         "## Evaluation",
         "",
-        *(["| metric | value |", "|---|---|", *scores] if scores else ["No evaluation in this run."]),
+        *(["| metric | value |", "|---|---|", *(f"| {name} | {value:.4g} |" for name, value in scores.items())] if scores else ["No evaluation in this run."]),
         "",
         "## Use",
         "",
