@@ -8,6 +8,7 @@ BART, the original Transformer) are expressible exactly.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, ClassVar
 
@@ -31,9 +32,10 @@ MODELING_MODULES = ("compat", "losses", "blocks", "decoder", "encoder", "seq2seq
 REMOTE_CODE_FILES = ("configuration_trilm.py", "modeling_trilm.py")
 
 
+@functools.cache
 def flat_modeling_source() -> str:
     """The source of `modeling_trilm.py`: trilm.modeling's model modules joined, importing only torch,
-    transformers and (relatively) `configuration_trilm`."""
+    transformers and (relatively) `configuration_trilm`. Built once per process (every checkpoint writes it)."""
     import ast
     import importlib
 
