@@ -149,11 +149,11 @@ def measure_stages(folders: dict, seconds: dict, args: QuickstartArguments) -> l
     from transformers import AutoModelForSequenceClassification
 
     from .alignment import load_merged, score_conversations
-    from .corpus import load_builtin
+    from .data import DataArguments
     from .models import ModelArguments
-    from .sft import answer_accuracy
+    from .sft import answer_accuracy, held_out_questions
 
-    questions = list(load_builtin("qa", args.seed)["test"])[: args.max_eval_samples]
+    questions = held_out_questions(DataArguments(corpus_seed=args.seed, max_eval_samples=args.max_eval_samples))
     tokenizer = AutoTokenizer.from_pretrained(folders["sft"])
     reward_model = AutoModelForSequenceClassification.from_pretrained(folders["reward"]).eval()
     policies = {name: load_merged(ModelArguments(model_name_or_path=folders[name]), "decoder", tokenizer, AutoModelForCausalLM).eval()
@@ -175,21 +175,17 @@ def sampled_kl(policy, reference, tokenizer, questions: list[str], seed: int, ma
     """KL(policy || reference) per reply, estimated on replies sampled from the policy (temperature 1): per
     token Schulman's unbiased, non-negative k3 = exp(-d) - 1 + d of the log-ratio d (as TRL logs `kl`),
     summed up to and including the end of turn and averaged over replies."""
-    from .sft import chat_stops
+    from .sft import chat_prompts, chat_stops
 
     torch.manual_seed(seed)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
-    batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
-    tokenizer.padding_side = side
-    batch.pop("token_type_ids", None)
+    batch = chat_prompts(tokenizer, questions)
     stops = chat_stops(tokenizer)
     output = policy.generate(**batch, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
                              eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
     width = batch["input_ids"].shape[1]
     completion = output[:, width:]
-    ended = torch.isin(completion, torch.tensor(stops)).long().cumsum(1)
-    mask = (ended - torch.isin(completion, torch.tensor(stops)).long()) == 0  # tokens up to the first stop, inclusive
+    is_stop = torch.isin(completion, torch.tensor(stops)).long()
+    mask = (is_stop.cumsum(1) - is_stop) == 0  # tokens up to the first stop, inclusive
     attention = torch.cat([batch["attention_mask"], torch.ones_like(completion)], dim=1)
     log_ratio = 0
     for model, sign in ((policy, 1), (reference, -1)):

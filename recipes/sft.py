@@ -75,26 +75,30 @@ def chat_stops(tokenizer) -> list[int]:
     return [t for t in dict.fromkeys(ids) if t is not None and t != tokenizer.unk_token_id]
 
 
+def chat_prompts(tokenizer, questions: list[str]):
+    """Single-turn questions rendered through the chat template up to the assistant's turn, as one batch
+    padded on the left (for generation)."""
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False) for q in questions]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
+    batch.pop("token_type_ids", None)
+    return batch
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
     """Greedy replies to single-turn questions, rendered through the chat template."""
     model.eval()
     stops = chat_stops(tokenizer)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     device = next(model.parameters()).device
     replies = []
-    try:
-        for i in range(0, len(questions), batch_size):
-            prompts = [
-                tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-                for q in questions[i : i + batch_size]
-            ]
-            batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt").to(device)
-            batch.pop("token_type_ids", None)
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-            replies += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
+    for i in range(0, len(questions), batch_size):
+        batch = chat_prompts(tokenizer, questions[i : i + batch_size]).to(device)
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+        replies += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return [reply.strip() for reply in replies]
 
 
