@@ -26,11 +26,12 @@ the right response with one stating a near miss. The checker accepts either the 
 """
 
 import functools
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from .output import write_jsonl
 
 KINDS = ("text", "qa", "preferences", "classification", "tagging", "extractive_qa", "translation")
 
@@ -332,7 +333,7 @@ def write_corpus(output_dir: str | Path, seed: int = 0) -> list[Path]:
     for kind, splits in build_corpus(seed).items():
         for split, rows in splits.items():
             path = output_dir / f"{kind}_{split}.jsonl"
-            path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+            write_jsonl(path, rows)
             written.append(path)
     for split, rows in build_corpus(seed)["text"].items():
         path = output_dir / f"text_{split}.txt"

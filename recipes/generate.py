@@ -13,7 +13,6 @@ candidates. Sampling takes `GenerationConfig`'s names; replies stream to the ter
 every prompt and reply is also written as a JSON line.
 """
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from transformers import (
 
 from .args import parse_args
 from .models import ModelArguments, checkpoint_family
+from .output import write_jsonl
 
 HEADS = {"decoder": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModelForMaskedLM}
 EXIT_WORDS = ("/exit", "/quit")
@@ -177,7 +177,7 @@ def run(args: GenerateArguments) -> list[dict]:
                 text, special = args.source_prefix + prompt, family == "seq2seq"  # seq2seq inputs end with EOS
             rows.append({"prompt": prompt, "output": reply(model, tokenizer, text, args, config, extra, special)})
     if args.output_file:
-        Path(args.output_file).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        write_jsonl(args.output_file, rows)
     return rows
 
 

@@ -212,10 +212,15 @@ def save_run(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, d
                     token=trainer.args.hub_token, commit_message=f"trilm {recipe}")
 
 
+def write_jsonl(path: str | Path, rows) -> None:
+    """`rows` as JSON lines (tensors and numpy numbers as plain numbers)."""
+    lines = (json.dumps(row, ensure_ascii=False, default=_plain_number) + "\n" for row in rows)
+    Path(path).write_text("".join(lines), encoding="utf-8")
+
+
 def write_predictions(output_dir: str, rows: list[dict]) -> None:
     """`predictions.jsonl`: one JSON object per evaluated example (input, reference, prediction)."""
-    lines = (json.dumps(row, ensure_ascii=False, default=_plain_number) + "\n" for row in rows)
-    (Path(output_dir) / "predictions.jsonl").write_text("".join(lines), encoding="utf-8")
+    write_jsonl(Path(output_dir) / "predictions.jsonl", rows)
 
 
 def _plain_number(value):
