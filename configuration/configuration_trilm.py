@@ -256,6 +256,8 @@ class TrilmEncoderConfig(TrilmConfig):
     type_vocab_size: int = 0
     pooling: str = "cls"
     pooler_activation: str | None = None
+    # Scale the pooled output to unit length (sentence-transformers' Normalize), as embedding models do.
+    normalize_embeddings: bool = False
     mask_token_id: int | None = None
     # ModernBERT's sparse prediction: in training, run the MLM head and loss on labelled positions only
     # (the same loss, a fraction of the vocabulary projection); logits then hold those rows only.

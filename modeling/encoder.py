@@ -2,8 +2,14 @@
 sentence embeddings, and the task heads transformers users expect (masked LM, sequence and token
 classification, extractive QA)."""
 
+import json
+import os
+import shutil
+
 import torch
+from safetensors.torch import save_file
 from torch import nn
+from torch.nn import functional as F
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import (
@@ -28,7 +34,9 @@ class TrilmEncoderPreTrainedModel(TrilmPreTrainedModel):
 
 class TrilmEncoderModel(TrilmEncoderPreTrainedModel, TransformerStack):
     """Bidirectional blocks over token (+ token type) embeddings. `pooler_output` is the CLS token or the
-    mean over non-pad tokens (`config.pooling`), followed by a dense layer when `pooler_activation` is set."""
+    mean over non-pad tokens (`config.pooling`), followed by a dense layer when `pooler_activation` is set,
+    scaled to unit length when `normalize_embeddings` is. A saved one is also a sentence-transformers model
+    (`write_sentence_transformers_modules`): `SentenceTransformer(path)` returns the same vectors."""
 
     def __init__(self, config: TrilmEncoderConfig, add_pooling_layer: bool = True):
         super().__init__(
@@ -66,7 +74,86 @@ class TrilmEncoderModel(TrilmEncoderPreTrainedModel, TransformerStack):
             pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         if self.pooler is not None:
             pooled = self.pooler_act(self.pooler(pooled))
+        if self.config.normalize_embeddings:
+            pooled = F.normalize(pooled, p=2, dim=-1)
         return pooled
+
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
+        if push_to_hub:  # push_to_hub saves through this method into a folder it uploads whole
+            hub = {key: kwargs.pop(key) for key in ("commit_message", "create_pr", "private") if key in kwargs}
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            self.save_pretrained(save_directory, *args, **kwargs)
+            return self.push_to_hub(repo_id, token=kwargs.get("token"), **hub)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_sentence_transformers_modules(self, save_directory)
+
+
+# torch.nn classes sentence-transformers' Dense module can name for a pooler activation.
+SENTENCE_TRANSFORMERS_ACTIVATIONS = {
+    name: f"torch.nn.modules.activation.{cls}"
+    for name, cls in {"tanh": "Tanh", "gelu": "GELU", "relu": "ReLU", "sigmoid": "Sigmoid", "silu": "SiLU"}.items()
+}
+
+
+def write_sentence_transformers_modules(model: TrilmEncoderModel, save_directory) -> None:
+    """Write sentence-transformers' description of `model`'s pooled output beside the checkpoint, in the
+    format every sentence-transformers release reads: `modules.json` listing Transformer (this folder) ->
+    Pooling (CLS or mean) -> Dense (the pooler, when there is one) -> Normalize (`normalize_embeddings`),
+    with each module's configuration in its own folder."""
+    config = model.config
+    if model.pooler is not None and config.pooler_activation not in SENTENCE_TRANSFORMERS_ACTIVATIONS:
+        return  # an activation sentence-transformers cannot name: the folder stays a transformers checkpoint
+    modules = [("", "sentence_transformers.models.Transformer", None)]
+
+    def add(kind: str, files: dict) -> None:
+        modules.append((f"{len(modules)}_{kind}", f"sentence_transformers.models.{kind}", files))
+
+    add("Pooling", {"config.json": {
+        "word_embedding_dimension": config.hidden_size,
+        "pooling_mode_cls_token": config.pooling == "cls",
+        "pooling_mode_mean_tokens": config.pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }})
+    if model.pooler is not None:
+        add("Dense", {
+            "config.json": {
+                "in_features": config.hidden_size,
+                "out_features": config.hidden_size,
+                "bias": True,
+                "activation_function": SENTENCE_TRANSFORMERS_ACTIVATIONS[config.pooler_activation],
+            },
+            "model.safetensors": {
+                "linear.weight": model.pooler.weight.detach().cpu().contiguous(),
+                "linear.bias": model.pooler.bias.detach().cpu().contiguous(),
+            },
+        })
+    if config.normalize_embeddings:
+        add("Normalize", {"config.json": {}})
+    old_modules = os.path.join(save_directory, "modules.json")
+    if os.path.isfile(old_modules):  # a folder saved before: its module folders go, as old weight files do
+        with open(old_modules) as f:
+            for entry in json.load(f):
+                if entry["path"] and os.path.isdir(os.path.join(save_directory, entry["path"])):
+                    shutil.rmtree(os.path.join(save_directory, entry["path"]))
+    for path, _, files in modules[1:]:
+        os.makedirs(os.path.join(save_directory, path), exist_ok=True)
+        for name, content in files.items():
+            target = os.path.join(save_directory, path, name)
+            if name.endswith(".safetensors"):
+                save_file(content, target, metadata={"format": "pt"})
+            else:
+                with open(target, "w") as f:
+                    json.dump(content, f, indent=2)
+    entries = [{"idx": i, "name": str(i), "path": path, "type": kind} for i, (path, kind, _) in enumerate(modules)]
+    with open(os.path.join(save_directory, "modules.json"), "w") as f:
+        json.dump(entries, f, indent=2)
+    with open(os.path.join(save_directory, "sentence_bert_config.json"), "w") as f:
+        json.dump({"max_seq_length": config.max_position_embeddings, "do_lower_case": False}, f, indent=2)
 
 
 class MaskedLMHead(nn.Module):

@@ -8,10 +8,12 @@ parameter-name rewrites. Nothing here is a second implementation of a model.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from transformers import (
+    AutoModel,
     BartConfig,
     BartForConditionalGeneration,
     BartModel,
@@ -26,6 +28,7 @@ from transformers import (
     LlamaModel,
     PreTrainedModel,
 )
+from transformers.utils import cached_file
 
 from trilm.configuration import TrilmConfig, TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
 
@@ -61,7 +64,7 @@ class Adapter:
     def config_to_trilm(self, config, extras: dict | None = None) -> TrilmConfig:
         values = {name: getattr(config, name, None) for name in self.same_fields}
         values |= {ours: getattr(config, theirs) for theirs, ours in self.renamed_fields.items()}
-        return self.trilm_config_class(**copy.deepcopy(values), **self.fixed, **(extras or {}))
+        return self.trilm_config_class(**{**copy.deepcopy(values), **self.fixed, **(extras or {})})
 
     def config_to_hf(self, config: TrilmConfig):
         for name, value in (self.fixed | self.implied(config)).items():
@@ -181,6 +184,7 @@ BERT = Adapter(
         embedding_norm=True,
         scale_embedding=False,
         pooling="cls",
+        normalize_embeddings=False,
     ),
     renames=[
         ("bert.", "model."),
@@ -283,6 +287,9 @@ def _convert(source: PreTrainedModel, target_class: type, target_config, rename:
     state = {}
     for key, value in source.state_dict().items():
         key = rename(key)
+        pooler = key.startswith("pooler.") or ".pooler." in key
+        if key not in target_shapes and pooler and getattr(target_config, "pooler_activation", 0) is None:
+            continue  # BERT's pooler, which a sentence-transformers model does not use for its embedding
         # The same numbers may be laid out differently (BART's final_logits_bias is (1, vocab)).
         shape = target_shapes.get(key)
         state[key] = value.reshape(shape) if shape is not None and value.numel() == shape.numel() else value
@@ -299,12 +306,14 @@ def _convert(source: PreTrainedModel, target_class: type, target_config, rename:
     return target.to(next(source.parameters()).device).train(source.training)
 
 
-def from_transformers(model: PreTrainedModel) -> PreTrainedModel:
-    """The trilm model computing the same function as a transformers Llama, BERT or BART model."""
+def from_transformers(model: PreTrainedModel, **config_fields) -> PreTrainedModel:
+    """The trilm model computing the same function as a transformers Llama, BERT or BART model.
+    `config_fields` set trilm config values the transformers model does not hold (e.g. the pooling of a
+    sentence-transformers model, from `sentence_transformers_fields`)."""
     for adapter in ADAPTERS:
         for hf_class, trilm_class in adapter.classes.items():
             if type(model) is hf_class:
-                config = adapter.config_to_trilm(model.config, adapter.model_extras(model))
+                config = adapter.config_to_trilm(model.config, {**adapter.model_extras(model), **config_fields})
                 return _convert(model, trilm_class, config, adapter.to_trilm_key)
     supported = ", ".join(c.__name__ for a in ADAPTERS for c in a.classes)
     raise ValueError(f"from_transformers supports {supported}; got {type(model).__name__}.")
@@ -319,3 +328,47 @@ def to_transformers(model: PreTrainedModel) -> PreTrainedModel:
                 return _convert(model, hf_class, config, adapter.to_hf_key, **adapter.hf_init_kwargs(model, hf_class))
     supported = ", ".join(c.__name__ for a in ADAPTERS for c in a.classes.values())
     raise ValueError(f"to_transformers supports {supported}; got {type(model).__name__}.")
+
+
+# sentence-transformers module types (as `modules.json` names them, before and since its 6.0 layout) that a
+# trilm encoder's pooled output expresses.
+_ST_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def sentence_transformers_fields(path: str, **hub_kwargs) -> dict:
+    """The trilm encoder config values that make the pooled output of a converted sentence-transformers
+    model its embedding (`pooling`, no pooler, `normalize_embeddings`), read from the folder's (or Hub
+    repository's) `modules.json` and pooling configuration; {} where `path` is no sentence-transformers model.
+    Only JSON is read."""
+    modules_file = cached_file(path, "modules.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+    if modules_file is None:
+        return {}
+    with open(modules_file) as f:
+        modules = [(m["type"].rsplit(".", 1)[-1], m["path"]) for m in json.load(f)]
+    kinds = [kind for kind, _ in modules]
+    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]) or modules[0][1] != "":
+        raise ValueError(
+            f"{path} is a sentence-transformers model of modules {kinds} (paths {[p for _, p in modules]}): trilm "
+            "converts Transformer (the folder itself) -> Pooling (cls or mean) -> optional Normalize."
+        )
+    pooling_file = cached_file(path, f"{modules[1][1]}/config.json", **hub_kwargs)
+    with open(pooling_file) as f:
+        pooling = json.load(f)
+    mode = pooling.get("pooling_mode")
+    if mode is None:  # the layout before sentence-transformers 6: one boolean per mode
+        modes = [key.removeprefix("pooling_mode_") for key, on in pooling.items() if key.startswith("pooling_mode_") and on]
+        mode = modes[0] if len(modes) == 1 else modes
+    mode = {"cls_token": "cls", "mean_tokens": "mean"}.get(mode, mode)
+    if mode not in ("cls", "mean"):
+        raise ValueError(f"{path} pools by {mode!r}: a trilm encoder pools by 'cls' or 'mean'.")
+    return {"pooling": mode, "pooler_activation": None, "normalize_embeddings": "Normalize" in kinds}
+
+
+def from_sentence_transformers(path: str, **kwargs) -> TrilmEncoderModel:
+    """The trilm encoder whose pooled output is the embedding of the sentence-transformers (BERT) model in
+    `path`: converted by `from_transformers`, keeping its pooling and normalisation. Saving it writes the
+    sentence-transformers files again. `kwargs` go to `AutoModel.from_pretrained`."""
+    fields = sentence_transformers_fields(path)
+    if not fields:
+        raise ValueError(f"{path} has no modules.json, so it is no sentence-transformers model; use from_transformers.")
+    return from_transformers(AutoModel.from_pretrained(path, **kwargs), **fields)

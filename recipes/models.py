@@ -18,7 +18,7 @@ from transformers import (
 
 import trilm.modeling  # noqa: F401  (registers the Auto classes)
 from trilm.configuration import TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
-from trilm.modeling.interop import from_transformers
+from trilm.modeling.interop import from_transformers, sentence_transformers_fields
 from trilm.tokenization import byte_level_tokenizer, check_tokenizer_matches, config_values, train_tokenizer
 
 CONFIGS = {"encoder": TrilmEncoderConfig, "decoder": TrilmDecoderConfig, "seq2seq": TrilmSeq2SeqConfig}
@@ -52,6 +52,9 @@ class ModelArguments:
         default=None, metadata={"help": f"train a tokenizer: kind ({', '.join(TOKENIZER_KINDS)}), vocab_size, ..."}
     )
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flex_attention, flash_attention_2"})
+    license: str | None = field(
+        default=None, metadata={"help": "the model card's license, a Hub license id (e.g. apache-2.0, mit): the owner's choice"}
+    )
 
     def __post_init__(self):
         self.model = as_mapping(self.model, "model")
@@ -139,8 +142,9 @@ def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **
         model_type, _ = checkpoint_family(source)
         if model_type in FAMILY_OF_MODEL_TYPE:
             model = auto_class.from_pretrained(source, **extra, **config_fields)
-        else:
-            model = from_transformers(auto_class.from_pretrained(source, **config_fields))
+        else:  # a sentence-transformers BERT keeps its pooling (and normalisation) for the pooled heads
+            pooling = sentence_transformers_fields(source) if family == "encoder" else {}
+            model = from_transformers(auto_class.from_pretrained(source, **config_fields), **pooling)
     if source != args.model_name_or_path:
         from peft import PeftModel
 

@@ -94,8 +94,8 @@ def eval_scores(metrics: dict) -> dict[str, float]:
 
 
 def card_metadata(base, adapter: bool, recipe: str, scores: dict[str, float], values: dict) -> dict:
-    """The card's YAML header: library, pipeline tag, tags (trilm, family, recipe, task, peft), datasets,
-    base model and a model-index of the run's eval `scores`. `base` is the model (without a PEFT wrapper),
+    """The card's YAML header: library, pipeline tag, tags (trilm, family, recipe, task, peft), license
+    (where the run names one), datasets, base model and a model-index of the run's eval `scores`. `base` is the model (without a PEFT wrapper),
     `values` the run's resolved arguments."""
     config = base.config
     name = type(base).__name__
@@ -104,7 +104,7 @@ def card_metadata(base, adapter: bool, recipe: str, scores: dict[str, float], va
     tags = ["trilm", FAMILIES.get(config.model_type, config.model_type), recipe, *([task] if task else [])]
     if adapter:
         tags += ["peft", "lora"]
-    metadata = {"library_name": "transformers", "pipeline_tag": pipeline_tag, "tags": tags}
+    metadata = {"library_name": "transformers", "pipeline_tag": pipeline_tag, "tags": tags, "license": values.get("license")}
     if values.get("dataset_name"):
         metadata["datasets"] = [values["dataset_name"]]
     if values.get("model_name_or_path"):

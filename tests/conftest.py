@@ -158,3 +158,15 @@ def make_wordpiece_tokenizer():
         mask_token="[MASK]",
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
+
+
+@pytest.fixture
+def captured_uploads(monkeypatch) -> list[dict]:
+    """huggingface_hub's repository creation and commit, captured instead of sent (no network)."""
+    from huggingface_hub import HfApi, RepoUrl
+
+    commits = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: commits.append(
+        {"repo_id": repo_id, "files": sorted(op.path_in_repo for op in operations), "message": kwargs.get("commit_message")}))
+    return commits

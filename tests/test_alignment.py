@@ -268,27 +268,16 @@ def test_a_run_stopped_part_way_resumes_to_the_same_weights(tmp_path, sft, comma
 def test_the_model_card_parses_and_describes_the_run(tmp_path, sft):
     from huggingface_hub import ModelCard
 
-    config = run_config(tmp_path, "carded", model_name_or_path=str(sft), train_file=write_jsonl(tmp_path / "p.jsonl", pairs(40)))
+    config = run_config(tmp_path, "carded", model_name_or_path=str(sft), train_file=write_jsonl(tmp_path / "p.jsonl", pairs(40)),
+                        license="mit")
     assert trilm(["reward", "--config", str(config)]) == 0
     card = ModelCard.load(tmp_path / "carded" / "README.md")
     data = card.data.to_dict()
-    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-classification"
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-classification" and data["license"] == "mit"
     assert {"trilm", "decoder", "reward", "peft", "lora"} <= set(data["tags"]) and data["base_model"] == str(sft)
     scores = {m["type"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
     assert scores["reward_accuracy"] == pytest.approx(metrics(tmp_path / "carded")["eval_reward_accuracy"], abs=1e-6)
     assert "AutoPeftModelForSequenceClassification" in card.text and "loss.png" in card.text and "learning_rate" in card.text
-
-
-@pytest.fixture
-def captured_uploads(monkeypatch) -> list[dict]:
-    """huggingface_hub's repository creation and commit, captured instead of sent (no network)."""
-    from huggingface_hub import HfApi, RepoUrl
-
-    commits = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
-    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: commits.append(
-        {"repo_id": repo_id, "files": sorted(op.path_in_repo for op in operations), "message": kwargs.get("commit_message")}))
-    return commits
 
 
 def test_push_uploads_a_lora_run_with_its_card_in_one_commit(tmp_path, sft, captured_uploads):
