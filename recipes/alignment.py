@@ -179,15 +179,15 @@ def import_reward(name: str):
     return function
 
 
-def check_reward_tokenizer(path: str, tokenizer) -> None:
-    """A reward model reads the policy's replies as token ids of its own vocabulary: the two must agree."""
+def check_reward_tokenizer(path: str, tokenizer, role: str = "reward model") -> None:
+    """A reward (or value) model reads the policy's replies as token ids of its own vocabulary: the two must agree."""
     from transformers import AutoTokenizer
 
     theirs = AutoTokenizer.from_pretrained(path)
     if theirs.get_vocab() != tokenizer.get_vocab() or theirs.chat_template != tokenizer.chat_template:
         raise ValueError(
-            f"The reward model {path} has a different tokenizer (vocabulary or chat template) from the policy's: "
-            "train the reward model from the same base (trilm reward --model_name_or_path <the SFT run>)."
+            f"The {role} {path} has a different tokenizer (vocabulary or chat template) from the policy's: "
+            f"train the {role} from the same base (trilm reward --model_name_or_path <the SFT run>)."
         )
 
 

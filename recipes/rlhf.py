@@ -1,12 +1,15 @@
 """`trilm rlhf`: online reinforcement learning from rewards, on TRL's `GRPOTrainer` (`algorithm: grpo`, the
-default) or `RLOOTrainer` (`algorithm: rloo`).
+default) or `RLOOTrainer` (`algorithm: rloo`), or classic actor-critic PPO (`algorithm: ppo`, trilm's
+`PPOTrainer` in `recipes/ppo.py`, with a value model).
 
     trilm rlhf --model_name_or_path runs/sft --reward_model_name_or_path runs/reward [--key value ...]
     trilm rlhf --config rlhf-grpo.yaml --model_name_or_path runs/sft --reward_funcs my_rewards:brevity
+    trilm rlhf --config rlhf-ppo.yaml --model_name_or_path runs/sft --reward_model_name_or_path runs/reward
 
-Both are PPO-style: the loss is PPO's clipped surrogate, here with the clipping acting (the policy is updated
-`num_iterations: 2` times per generation batch) and a KL penalty to the starting (SFT) model (`beta > 0`);
-the logs carry `clip_ratio/*` and `kl`. Rewards, weighted by `reward_weights` in this order: each reward
+GRPO and RLOO are PPO-style: the loss is PPO's clipped surrogate, here with the clipping acting (the policy is
+updated `num_iterations: 2` times per generation batch) and a KL penalty to the starting (SFT) model
+(`beta > 0`); the logs carry `clip_ratio/*` and `kl`. PPO's value model starts from
+`value_model_name_or_path`, else the (first) reward model, else the policy's checkpoint with a new head. Rewards, weighted by `reward_weights` in this order: each reward
 model folder of `reward_model_name_or_path` (a `trilm reward` run, with the policy's tokenizer), then each of
 `reward_funcs` (`module:function` called as TRL calls reward functions, or `answer_reward`, the built-in
 corpus's answer checker, the default on the built-in corpus). Prompts: `prompt`, `question` or `messages`
@@ -35,9 +38,19 @@ from .output import final_metrics
 from .runtime import start_run
 from .sft import after_training, before_training, held_out_questions, turn_texts
 
-ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}
-# PPO-style by default: clipping acts (two updates per generation batch) and a KL penalty to the reference.
+from .ppo import PPOConfig, PPOTrainer
+
+ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer), "ppo": (PPOConfig, PPOTrainer)}
+# GRPO and RLOO PPO-style by default: clipping acts (two updates per generation batch) and a KL penalty to
+# the reference. PPO's own defaults already are.
 PPO_STYLE = {"num_iterations": 2, "beta": 0.04}
+DEFAULTS = {"grpo": PPO_STYLE, "rloo": PPO_STYLE, "ppo": {}}
+# What each algorithm logs as the mean reward, the KL to the reference and the clipped share of tokens.
+LOGGED = {
+    "grpo": ("reward", "kl", "clip_ratio/region_mean"),
+    "rloo": ("reward", "kl", "clip_ratio/region_mean"),
+    "ppo": ("objective/scores", "objective/kl", "policy/clipfrac_avg"),
+}
 
 
 @dataclass
@@ -45,10 +58,15 @@ class RLHFArguments(AlignmentArguments):
     algorithm: str = field(default="grpo", metadata={"help": f"{', '.join(ALGORITHMS)}"})
     reward_model_name_or_path: list[str] | None = field(default=None, metadata={"help": "reward model folders (trilm reward runs)"})
     reward_funcs: list[str] | None = field(default=None, metadata={"help": "reward functions: module:function, or answer_reward"})
+    value_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "ppo: the value model's start (default: the reward model, else the policy)"}
+    )
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm={self.algorithm!r} does not exist: use one of {', '.join(ALGORITHMS)}.")
+        if self.value_model_name_or_path and self.algorithm != "ppo":
+            raise ValueError(f"value_model_name_or_path is read by algorithm ppo only (this run is {self.algorithm}).")
 
 
 def reward_sources(args: RLHFArguments, data_args: DataArguments, tokenizer) -> list:
@@ -60,16 +78,31 @@ def reward_sources(args: RLHFArguments, data_args: DataArguments, tokenizer) -> 
             raise ValueError("No reward given: set reward_model_name_or_path (a trilm reward run) and/or reward_funcs (module:function).")
         functions = ["answer_reward"]
     rewards = [import_reward(name) for name in functions or []]
-    models = []
-    for path in args.reward_model_name_or_path or []:
-        check_reward_tokenizer(path, tokenizer)
-        models.append(load_merged(ModelArguments(model_name_or_path=path), "decoder", tokenizer, AutoModelForSequenceClassification, num_labels=1))
+    models = [score_model(path, tokenizer) for path in args.reward_model_name_or_path or []]
     return models + rewards
+
+
+def score_model(path: str, tokenizer, role: str = "reward model"):
+    """A one-label sequence-classification model from `path` (a reward model, or PPO's value model), its
+    tokenizer checked against the policy's."""
+    check_reward_tokenizer(path, tokenizer, role)
+    return load_merged(ModelArguments(model_name_or_path=path), "decoder", tokenizer, AutoModelForSequenceClassification, num_labels=1)
+
+
+def value_model(args: RLHFArguments, model_args: FinetuneModelArguments, tokenizer):
+    """PPO's value model: from value_model_name_or_path, else the first reward model, else the policy's
+    checkpoint (a new `score` head)."""
+    path = args.value_model_name_or_path or (args.reward_model_name_or_path or [None])[0]
+    if path is not None:
+        return score_model(path, tokenizer, "value model")
+    return load_merged(model_args, "decoder", tokenizer, AutoModelForSequenceClassification, num_labels=1)
 
 
 def check_checkpoint_steps(training_args) -> None:
     """Each generation batch serves num_iterations x steps_per_generation updates and is not saved: a
-    checkpoint between them could not resume to the same weights."""
+    checkpoint between them could not resume to the same weights. (A PPO step is a whole batch.)"""
+    if isinstance(training_args, PPOConfig):
+        return
     period = training_args.num_iterations * training_args.steps_per_generation
     if training_args.save_strategy == "steps" and period > 1 and training_args.save_steps % period:
         raise ValueError(
@@ -78,16 +111,17 @@ def check_checkpoint_steps(training_args) -> None:
         )
 
 
-def training_summary(log_history: list[dict]) -> dict:
+def training_summary(log_history: list[dict], algorithm: str = "grpo") -> dict:
     """From the logged steps: mean reward over the first and last tenth of generation batches, the KL to the
     reference at the end and at most, the mean clipped share of tokens, and the share of steps that clipped
     any (only steps re-using a generation batch can: the first update of a batch has ratio 1)."""
-    rewarded = [row["reward"] for row in log_history if "reward" in row]
-    updates = [row for row in log_history if "clip_ratio/region_mean" in row]
+    reward_key, kl_key, clip_key = LOGGED[algorithm]
+    rewarded = [row[reward_key] for row in log_history if reward_key in row]
+    updates = [row for row in log_history if clip_key in row]
     if not rewarded or not updates:
         return {}
-    tenth, kl = max(1, len(rewarded) // 10), [row["kl"] for row in log_history if "kl" in row] or [0.0]
-    clipped = [row["clip_ratio/region_mean"] for row in updates]
+    tenth, kl = max(1, len(rewarded) // 10), [row[kl_key] for row in log_history if kl_key in row] or [0.0]
+    clipped = [row[clip_key] for row in updates]
     return {
         "train_reward_start": sum(rewarded[:tenth]) / tenth,
         "train_reward_end": sum(rewarded[-tenth:]) / tenth,
@@ -102,7 +136,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
     check_family("rlhf", ("decoder",), family)
-    check_reference(model_args, training_args.beta)
+    check_reference(model_args, training_args.kl_coef if args.algorithm == "ppo" else training_args.beta)
     check_checkpoint_steps(training_args)
     raw = load_raw_datasets(data_args, "qa")
     prompts = prompt_dataset(raw)
@@ -113,18 +147,22 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     arguments = (model_args, data_args, args, training_args)
     metrics, peft_config = before_training(model, tokenizer, arguments, questions, model_args.use_peft)
     _, trainer_class = ALGORITHMS[args.algorithm]
-    trainer = trainer_class(
-        model=model,
-        reward_funcs=rewards,
-        args=training_args,
-        train_dataset=prompts["train"],
-        processing_class=tokenizer,
-        reward_processing_classes=[tokenizer if hasattr(r, "config") else None for r in rewards],
-        peft_config=peft_config,
-    )
+    if args.algorithm == "ppo":
+        trainer = PPOTrainer(model=model, value_model=value_model(args, model_args, tokenizer), reward_funcs=rewards,
+                             args=training_args, train_dataset=prompts["train"], processing_class=tokenizer, peft_config=peft_config)
+    else:
+        trainer = trainer_class(
+            model=model,
+            reward_funcs=rewards,
+            args=training_args,
+            train_dataset=prompts["train"],
+            processing_class=tokenizer,
+            reward_processing_classes=[tokenizer if hasattr(r, "config") else None for r in rewards],
+            peft_config=peft_config,
+        )
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
-        metrics |= training_summary(trainer.state.log_history)
+        metrics |= training_summary(trainer.state.log_history, args.algorithm)
     rows = after_training(trainer, tokenizer, questions, args.max_new_tokens, metrics)
     finish(trainer, tokenizer, arguments, metrics, rows, start, "rlhf")
     return trainer, metrics
@@ -135,7 +173,7 @@ def parse(argv: list[str]) -> tuple:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm={algorithm!r} does not exist: give --algorithm (or algorithm: in the YAML) as one of {', '.join(ALGORITHMS)}.")
     config_class, _ = ALGORITHMS[algorithm]
-    defaults = {**launch_defaults(), **PPO_STYLE, "do_train": True}
+    defaults = {**launch_defaults(), **DEFAULTS[algorithm], "do_train": True}
     return parse_args((FinetuneModelArguments, DataArguments, RLHFArguments, config_class), argv, "trilm rlhf", defaults)
 
 
