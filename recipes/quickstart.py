@@ -6,9 +6,10 @@ prints a sample (a fill-mask, a generated continuation, a span-corruption output
 the loss at step 0.
 
 `--full` goes on from the decoder, each stage a recipe run on the built-in corpus with a preset of
-`recipes/configs/` (`quickstart-*.yaml`, `rlhf-grpo.yaml`): SFT on the question/answer pairs, a reward model
-on preference pairs, RLHF (GRPO, rewarded by the corpus's answer checker: the tiny reward model does not
-rank held-out pairs better than chance), and DPO as the other last step. After each
+`recipes/configs/` (`quickstart-*.yaml`, `rlhf-grpo.yaml`, `rlhf-ppo.yaml`): SFT on the question/answer pairs,
+a reward model on preference pairs, RLHF (GRPO, rewarded by the corpus's answer checker: the tiny reward
+model does not rank held-out pairs better than chance), and as other last steps classic PPO (same reward)
+and DPO. After each
 stage it measures, on questions no stage trained on (people and operand pairs held out of every training
 split), the greedy answers' accuracy by the corpus's checker and their mean score by the reward model, and
 for the last stages the KL to the SFT model; it prints them and writes `report.json` and `stages.png`."""
@@ -116,20 +117,23 @@ STAGES = (  # name, recipe module, preset, starts from
     ("sft", "finetune", "quickstart-sft.yaml", "base"),
     ("reward", "reward", "quickstart-reward.yaml", "sft"),
     ("rlhf", "rlhf", "rlhf-grpo.yaml", "sft"),
+    ("ppo", "rlhf", "rlhf-ppo.yaml", "sft"),
     ("dpo", "dpo", "quickstart-dpo.yaml", "sft"),
 )
+ONLINE_RL = ("rlhf", "ppo")
+LAST_STAGES = ("rlhf", "ppo", "dpo")
 
 
 def alignment_stages(base: str, args: QuickstartArguments) -> list[dict]:
-    """SFT -> reward model -> RLHF, and DPO, from the pretrained decoder in `base`; each policy measured on
-    the held-out questions. Writes report.json and stages.png in output_dir."""
+    """SFT -> reward model -> RLHF (GRPO), and PPO and DPO, from the pretrained decoder in `base`; each policy
+    measured on the held-out questions. Writes report.json and stages.png in output_dir."""
     import importlib
 
-    folders, seconds = {"base": base}, {}
+    folders, seconds, per_update = {"base": base}, {}, {}
     for name, module, preset, source in STAGES:
         began = time.perf_counter()
         overrides = [*common_overrides(args, name), "--model_name_or_path", folders[source]]
-        if name == "rlhf":
+        if name in ONLINE_RL:
             # The tiny reward model ranks held-out pairs no better than chance (README, Alignment figures): RL
             # against it lowers the answers' held-out accuracy (74.7%). The corpus's checker is the reward.
             overrides += ["--reward_funcs", "answer_reward"]
@@ -140,7 +144,13 @@ def alignment_stages(base: str, args: QuickstartArguments) -> list[dict]:
         recipe = importlib.import_module(f"trilm.recipes.{module}")
         trainer, _ = recipe.run(*recipe.parse(["--config", str(PRESETS / preset), *overrides]))
         folders[name], seconds[name] = trainer.args.output_dir, time.perf_counter() - began
+        runtime = next((row["train_runtime"] for row in reversed(trainer.state.log_history) if "train_runtime" in row), None)
+        if name in ONLINE_RL and runtime is not None:  # an update: GRPO's optimizer step, PPO's rollout batch with its epochs
+            per_update[name] = runtime / max(trainer.state.global_step, 1)
     report = measure_stages(folders, seconds, args)
+    for entry in report:
+        if entry["stage"] in per_update:
+            entry["seconds_per_update"] = per_update[entry["stage"]]
     write_report(report, Path(args.output_dir))
     return report
 
@@ -157,14 +167,14 @@ def measure_stages(folders: dict, seconds: dict, args: QuickstartArguments) -> l
     tokenizer = AutoTokenizer.from_pretrained(folders["sft"])
     reward_model = AutoModelForSequenceClassification.from_pretrained(folders["reward"]).eval()
     policies = {name: load_merged(ModelArguments(model_name_or_path=folders[name]), "decoder", tokenizer, AutoModelForCausalLM).eval()
-                for name in ("base", "sft", "rlhf", "dpo")}
+                for name in ("base", "sft", *LAST_STAGES)}
     report = []
     for name, model in policies.items():
         accuracy, rows = answer_accuracy(model, tokenizer, questions, max_new_tokens=16)
         chats = [[{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["prediction"]}] for row in rows]
         entry = {"stage": name, "folder": folders[name], "answer_accuracy": accuracy,
                  "mean_reward": score_conversations(reward_model, tokenizer, chats).mean().item(), "seconds": seconds.get(name)}
-        if name in ("rlhf", "dpo"):
+        if name in LAST_STAGES:
             entry["kl_to_sft"] = sampled_kl(model, policies["sft"], tokenizer, [q["question"] for q in questions], args.seed)
         report.append(entry)
     return report
@@ -216,11 +226,12 @@ def write_report(report: list[dict], output_dir: Path) -> None:
     figure.tight_layout()
     figure.savefig(output_dir / "stages.png", dpi=100)
     plt.close(figure)
-    print("\nstage    held-out accuracy  mean reward  KL to SFT  seconds")
+    print("\nstage    held-out accuracy  mean reward  KL to SFT  seconds  s/update")
     for entry in report:
         kl = f"{entry['kl_to_sft']:9.3f}" if "kl_to_sft" in entry else " " * 9
-        took = f"{entry['seconds']:7.0f}" if entry["seconds"] is not None else ""
-        print(f"{entry['stage']:8} {100 * entry['answer_accuracy']:16.1f}%  {entry['mean_reward']:11.3f}  {kl}  {took}")
+        took = f"{entry['seconds']:7.0f}" if entry["seconds"] is not None else " " * 7
+        update = f"{entry['seconds_per_update']:9.2f}" if "seconds_per_update" in entry else ""
+        print(f"{entry['stage']:8} {100 * entry['answer_accuracy']:16.1f}%  {entry['mean_reward']:11.3f}  {kl}  {took}  {update}")
     print(f"(report.json and stages.png in {output_dir})")
 
 

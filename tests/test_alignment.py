@@ -206,15 +206,17 @@ def test_bad_alignment_input_is_a_value_error_before_training(tmp_path, sft, no_
 def test_quickstart_full_runs_every_stage_and_reports_them(tmp_path, capsys):
     assert trilm(["quickstart", "--full", "--families", "decoder", "--max_steps", "2", "--max_eval_samples", "8", "--output_dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert [entry["stage"] for entry in report] == ["base", "sft", "rlhf", "dpo"]
+    assert [entry["stage"] for entry in report] == ["base", "sft", "rlhf", "ppo", "dpo"]
     assert all(0 <= entry["answer_accuracy"] <= 1 and isinstance(entry["mean_reward"], float) for entry in report)
     assert all(entry["kl_to_sft"] >= 0 for entry in report[2:])  # k3 estimates are non-negative
+    assert all(entry["seconds_per_update"] > 0 for entry in report[2:4])  # GRPO and PPO side by side
     assert (tmp_path / "stages.png").stat().st_size > 0
     assert "held-out accuracy" in capsys.readouterr().out
     AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "reward").config.num_labels == 1
-    for stage in ("rlhf", "dpo"):
+    for stage in ("rlhf", "ppo", "dpo"):
         AutoPeftModelForCausalLM.from_pretrained(tmp_path / stage)
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "ppo" / "value_model").config.num_labels == 1
 
 
 @pytest.mark.realdata
@@ -229,6 +231,8 @@ def test_every_alignment_preset_parses(shared_data, monkeypatch):
         assert data_args.train_file is None or Path(data_args.train_file).is_file(), preset
     model_args, _, args, training_args = rlhf.parse(["--config", "rlhf-grpo.yaml", *base])
     assert args.algorithm == "grpo" and training_args.num_iterations == 2 and training_args.beta > 0 and model_args.use_peft
+    model_args, _, args, training_args = rlhf.parse(["--config", "rlhf-ppo.yaml", *base])
+    assert args.algorithm == "ppo" and training_args.num_ppo_epochs > 1 and training_args.kl_coef > 0 and model_args.use_peft
     _, _, args, training_args = finetune.parse(["--config", "quickstart-sft.yaml", *base])
     assert args.task == "sft" and training_args.assistant_only_loss
 
