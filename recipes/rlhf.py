@@ -17,6 +17,7 @@ rows (`recipes/alignment.py`), by default the built-in corpus's training questio
 accuracy on held-out questions before and after, where answers can be checked.
 """
 
+import copy
 from dataclasses import dataclass, field
 
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -89,13 +90,17 @@ def score_model(path: str, tokenizer, role: str = "reward model"):
     return load_merged(ModelArguments(model_name_or_path=path), "decoder", tokenizer, AutoModelForSequenceClassification, num_labels=1)
 
 
-def value_model(args: RLHFArguments, model_args: FinetuneModelArguments, tokenizer):
+def value_model(args: RLHFArguments, policy, tokenizer):
     """PPO's value model: from value_model_name_or_path, else the first reward model, else the policy's
-    checkpoint (a new `score` head)."""
+    backbone (a copy, merged where the policy came as an adapter) under a new `score` head."""
     path = args.value_model_name_or_path or (args.reward_model_name_or_path or [None])[0]
     if path is not None:
         return score_model(path, tokenizer, "value model")
-    return load_merged(model_args, "decoder", tokenizer, AutoModelForSequenceClassification, num_labels=1)
+    config = copy.deepcopy(policy.config)
+    config.num_labels = 1
+    value = AutoModelForSequenceClassification.from_config(config).to(policy.dtype)
+    value.base_model.load_state_dict(policy.base_model.state_dict())
+    return value
 
 
 def check_checkpoint_steps(training_args) -> None:
@@ -149,7 +154,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     metrics, peft_config = before_training(model, tokenizer, arguments, questions, model_args.use_peft)
     _, trainer_class = ALGORITHMS[args.algorithm]
     if args.algorithm == "ppo":
-        trainer = PPOTrainer(model=model, value_model=value_model(args, model_args, tokenizer), reward_funcs=rewards,
+        trainer = PPOTrainer(model=model, value_model=value_model(args, model, tokenizer), reward_funcs=rewards,
                              args=training_args, train_dataset=prompts["train"], processing_class=tokenizer, peft_config=peft_config)
     else:
         trainer = trainer_class(

@@ -123,9 +123,9 @@ def test_ppo_with_lora_against_a_reward_model_folder(tmp_path, sft):
     config = run_config(tmp_path, "ppo-lora", model_name_or_path=str(sft), train_file=prompts_file(tmp_path, 16),
                         reward_model_name_or_path=[str(tmp_path / "rm")], reward_weights=[1.0, 0.5], max_steps=2,
                         missing_eos_penalty=1.0, **{**PPO, "per_device_train_batch_size": 8})
-    model_args, _, args, _ = parsed = rlhf.parse(["--config", str(config)])
+    _, _, args, _ = parsed = rlhf.parse(["--config", str(config)])
     tokenizer = AutoTokenizer.from_pretrained(sft)
-    start = rlhf.value_model(args, model_args, tokenizer)  # the value model starts from the reward model
+    start = rlhf.value_model(args, AutoModelForCausalLM.from_pretrained(sft), tokenizer)  # it starts from the reward model
     torch.testing.assert_close(start.score.weight, AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").score.weight)
     rlhf.run(*parsed)
     folder = tmp_path / "ppo-lora"
@@ -133,6 +133,18 @@ def test_ppo_with_lora_against_a_reward_model_folder(tmp_path, sft):
     model = AutoPeftModelForCausalLM.from_pretrained(folder)
     assert model.generate(input_ids=torch.tensor([[5, 6]]), max_new_tokens=3, do_sample=False).shape == (1, 5)
     AutoModelForSequenceClassification.from_pretrained(folder / "value_model")
+
+
+def test_without_a_reward_model_the_value_model_starts_from_the_policy(tmp_path, sft):
+    config = run_config(tmp_path, "v", model_name_or_path=str(sft), train_file=prompts_file(tmp_path), **PPO)
+    _, _, args, _ = rlhf.parse(["--config", str(config)])
+    policy = AutoModelForCausalLM.from_pretrained(sft)
+    value = rlhf.value_model(args, policy, AutoTokenizer.from_pretrained(sft))
+    assert type(value).__name__ == "TrilmDecoderForSequenceClassification" and value.config.num_labels == 1
+    theirs = policy.base_model.state_dict()
+    for key, tensor in value.base_model.state_dict().items():
+        torch.testing.assert_close(tensor, theirs[key], rtol=0, atol=0, msg=key)
+    assert value.base_model.embed_tokens.weight.data_ptr() != policy.base_model.embed_tokens.weight.data_ptr()  # a copy
 
 
 @pytest.mark.parametrize("use_peft", [False, True])
