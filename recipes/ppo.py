@@ -233,12 +233,8 @@ class PPOTrainer(Trainer):
             max_new_tokens=args.max_completion_length, do_sample=True, temperature=args.temperature, top_k=0, top_p=1.0,
             eos_token_id=self.stop_ids.tolist(), pad_token_id=tokenizer.pad_token_id,
         )
+        check_rollout_batch(self.train_dataset, args)
         self.global_batch = args.per_device_train_batch_size * self.accelerator.num_processes
-        if len(self.train_dataset) < self.global_batch:
-            raise ValueError(
-                f"The prompt dataset has {len(self.train_dataset)} rows, fewer than one rollout batch "
-                f"({args.per_device_train_batch_size} per process x {self.accelerator.num_processes} processes)."
-            )
 
     # ----------------------------------------------------------------------------------- the loop
     @contextlib.contextmanager
@@ -458,6 +454,15 @@ class PPOTrainer(Trainer):
             "policy/clipfrac_avg": policy_stats["clipfrac"], "policy/approxkl_avg": policy_stats["approxkl"],
             "policy/entropy_avg": entropy, "val/ratio": policy_stats["ratio"],
         }
+
+
+def check_rollout_batch(dataset, args: PPOConfig) -> None:
+    """A ValueError where the prompts do not fill one rollout batch of every process."""
+    if len(dataset) < args.per_device_train_batch_size * args.world_size:
+        raise ValueError(
+            f"The prompt dataset has {len(dataset)} rows, fewer than one rollout batch "
+            f"({args.per_device_train_batch_size} per process x {args.world_size} processes): lower per_device_train_batch_size."
+        )
 
 
 def prompt_ids(tokenizer, prompt) -> list[int]:

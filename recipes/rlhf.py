@@ -39,7 +39,7 @@ from .output import final_metrics
 from .runtime import start_run
 from .sft import after_training, before_training, held_out_questions, turn_texts
 
-from .ppo import PPOConfig, PPOTrainer
+from .ppo import PPOConfig, PPOTrainer, check_rollout_batch
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer), "ppo": (PPOConfig, PPOTrainer)}
 # GRPO and RLOO PPO-style by default: clipping acts (two updates per generation batch) and a KL penalty to
@@ -150,12 +150,15 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     tokenizer = load_tokenizer(model_args, family, texts=turn_texts(prompts["train"], ("prompt",)))
     rewards = reward_sources(args, data_args, tokenizer)
     model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)
+    if args.algorithm == "ppo":
+        check_rollout_batch(prompts["train"], training_args)
+        critic = value_model(args, model, tokenizer)
     arguments = (model_args, data_args, args, training_args)
     metrics, peft_config = before_training(model, tokenizer, arguments, questions, model_args.use_peft)
     _, trainer_class = ALGORITHMS[args.algorithm]
     if args.algorithm == "ppo":
-        trainer = PPOTrainer(model=model, value_model=value_model(args, model, tokenizer), reward_funcs=rewards,
-                             args=training_args, train_dataset=prompts["train"], processing_class=tokenizer, peft_config=peft_config)
+        trainer = PPOTrainer(model=model, value_model=critic, reward_funcs=rewards, args=training_args,
+                             train_dataset=prompts["train"], processing_class=tokenizer, peft_config=peft_config)
     else:
         trainer = trainer_class(
             model=model,

@@ -188,12 +188,25 @@ def test_ppo_refuses_num_mini_batches_that_do_not_divide_the_rollout_batch(tmp_p
         trilm(["rlhf", "--config", str(config)])
 
 
-def test_ppo_refuses_a_value_model_of_another_tokenizer(tmp_path, sft, no_training):
+def test_ppo_refuses_fewer_prompts_than_one_rollout_batch(tmp_path, sft, monkeypatch):
+    from trilm.recipes import sft as sft_module
+
+    monkeypatch.setattr(sft_module, "answer_accuracy", lambda *a, **k: pytest.fail("held-out answers measured first"))
+    # The built-in corpus, cut to 8 training questions (its held-out questions would be answered first).
+    config = run_config(tmp_path, "bad", model_name_or_path=str(sft), max_train_samples=8, **PPO)
+    with pytest.raises(ValueError, match=r"has 8 rows, fewer than one rollout batch \(16 per process x 1 processes\)"):
+        trilm(["rlhf", "--config", str(config)])
+
+
+def test_ppo_refuses_a_value_model_of_another_tokenizer(tmp_path, sft, no_training, monkeypatch):
+    from trilm.recipes import sft as sft_module
+
     other = tmp_path / "other"
     model = AutoModelForSequenceClassification.from_pretrained(sft, num_labels=1)
     model.save_pretrained(other)
     train_tokenizer(texts=["entirely different words here"] * 50, kind="bpe", family="decoder", vocab_size=300).save_pretrained(other)
-    config = run_config(tmp_path, "bad", model_name_or_path=str(sft), train_file=prompts_file(tmp_path), value_model_name_or_path=str(other), **PPO)
+    config = run_config(tmp_path, "bad", model_name_or_path=str(sft), value_model_name_or_path=str(other), **PPO)  # built-in corpus
+    monkeypatch.setattr(sft_module, "answer_accuracy", lambda *a, **k: pytest.fail("held-out answers measured first"))
     with pytest.raises(ValueError, match="value model .* has a different tokenizer"):
         trilm(["rlhf", "--config", str(config)])
     grpo = run_config(tmp_path, "grpo", model_name_or_path=str(sft), train_file=prompts_file(tmp_path), value_model_name_or_path=str(other))
