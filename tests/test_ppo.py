@@ -78,17 +78,11 @@ def test_kl_shaped_rewards_put_the_score_on_the_last_reply_token():
 
 
 # -------------------------------------------------------------------------------- end to end
-def letter_share(completions, **kwargs) -> list[float]:
-    """A reward a tiny model can learn: the share of the letter 'y' in the reply."""
-    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return [text.count("y") / max(len(text), 1) for text in texts]
-
-
 def prompts_file(tmp_path, count: int = 64) -> str:
     return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": row["prompt"]} for row in pairs(count)])
 
 
-PPO = dict(algorithm="ppo", reward_funcs=["tests.test_ppo:letter_share"], per_device_train_batch_size=16, max_completion_length=8,
+PPO = dict(algorithm="ppo", reward_funcs=["tests.test_alignment:letter_share"], per_device_train_batch_size=16, max_completion_length=8,
            temperature=1.0, kl_coef=0.01, num_mini_batches=2)
 
 
