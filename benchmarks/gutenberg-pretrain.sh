@@ -18,7 +18,7 @@ for family in "${@:-encoder seq2seq}"; do
     encoder) extra=(--config pretrain-encoder-tiny.yaml --tokenizer '{kind: wordpiece, vocab_size: 16000}' --mlm_probability 0.15
                     --model '{hidden_size: 256, intermediate_size: 512, num_hidden_layers: 4, num_attention_heads: 4, max_position_embeddings: 128, sparse_prediction: true}'
                     --max_steps 1600) ;;
-    seq2seq) extra=(--config pretrain-seq2seq-tiny.yaml --tokenizer '{kind: unigram, vocab_size: 16000, num_sentinels: 64}'
+    seq2seq) extra=(--config pretrain-seq2seq-tiny.yaml --tokenizer '{kind: bpe, vocab_size: 16000, num_sentinels: 64}'
                     --model '{hidden_size: 256, intermediate_size: 512, encoder_layers: 3, decoder_layers: 3, num_attention_heads: 4, max_position_embeddings: 128, hidden_dropout: 0.15}'
                     --max_steps 2200 --weight_decay 0.1) ;;
   esac
