@@ -47,8 +47,8 @@ from transformers.trainer_utils import TrainOutput, get_last_checkpoint, speed_m
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, pad, selective_log_softmax
 
-from .alignment import score_conversations
-from .sft import chat_stops
+from .alignment import reply, score_conversations, user_turn
+from .sft import chat_stops, reply_mask
 
 VALUE_MODEL_FOLDER = "value_model"
 CHECKPOINTING = {"use_reentrant": False}  # activation checkpointing that needs no input gradients (LoRA)
@@ -325,10 +325,11 @@ class PPOTrainer(Trainer):
             batch = self.rollout(model, rows)
         return {**batch.pop("stats"), **self.optimize(model, batch)}
 
-    def forward_chunks(self, function, sequences, attention, positions) -> torch.Tensor:
+    def forward_chunks(self, function, sequences, attention, positions) -> tuple[torch.Tensor, ...]:
+        """`function`'s tensors over the rows, `local_rollout_forward_batch_size` rows at a time."""
         size = self.args.local_rollout_forward_batch_size
         chunks = [function(sequences[i : i + size], attention[i : i + size], positions[i : i + size]) for i in range(0, len(sequences), size)]
-        return torch.cat(chunks)
+        return tuple(torch.cat(parts) for parts in zip(*chunks))
 
     def rollout(self, model, rows: list[dict]) -> dict:
         args, tokenizer, device = self.args, self.processing_class, self.args.device
@@ -339,8 +340,7 @@ class PPOTrainer(Trainer):
         with unwrap_model_for_generation(model, self.accelerator, gradient_checkpointing_kwargs=CHECKPOINTING) as unwrapped, self.accelerator.autocast():
             sequences = unwrapped.policy.generate(input_ids=queries, attention_mask=query_mask, generation_config=self.generation_config)
         replies = sequences[:, context:]
-        is_stop = torch.isin(replies, self.stop_ids).long()
-        mask = ((is_stop.cumsum(1) - is_stop) == 0).long()  # every token up to and including the first stop
+        mask = reply_mask(replies, self.stop_ids)  # the stop token stays part of the reply
         replies = replies.masked_fill(mask == 0, tokenizer.pad_token_id)
         sequences = torch.cat([queries, replies], dim=1)
         attention = torch.cat([query_mask, mask], dim=1)
@@ -349,24 +349,22 @@ class PPOTrainer(Trainer):
         def policy_and_values(ids, attn, pos):
             with self.accelerator.autocast():
                 logits, values = model(input_ids=ids, attention_mask=attn, position_ids=pos, context_length=context)
-            logprobs = selective_log_softmax(logits.float(), ids[:, context:], temperature=args.temperature)
-            return torch.cat([logprobs, values.float()], dim=-1)
+            return selective_log_softmax(logits.float(), ids[:, context:], temperature=args.temperature), values.float()
 
         def reference(ids, attn, pos):
             inputs = {"input_ids": ids, "attention_mask": attn, "position_ids": pos, "use_cache": False}
             with self.accelerator.autocast(), (self.policy.disable_adapter() if self.ref_model is None else contextlib.nullcontext()):
                 logits = (self.ref_model or self.policy)(**inputs).logits[:, context - 1 : -1]
-            return selective_log_softmax(logits.float(), ids[:, context:], temperature=args.temperature)
+            return (selective_log_softmax(logits.float(), ids[:, context:], temperature=args.temperature),)
 
-        both = self.forward_chunks(policy_and_values, sequences, attention, positions)
-        width = replies.shape[1]
-        logprobs, values = both[:, :width], both[:, width:]
-        ref_logprobs = self.forward_chunks(reference, sequences, attention, positions)
-        contains_stop = is_stop.any(1)
+        maskf = mask.float()
+        logprobs, values = self.forward_chunks(policy_and_values, sequences, attention, positions)
+        values = values * maskf
+        (ref_logprobs,) = self.forward_chunks(reference, sequences, attention, positions)
+        contains_stop = torch.isin(replies, self.stop_ids).any(1)  # the reply's own stop (later tokens are padding)
         scores = self.scores(rows, replies, mask)
         if args.missing_eos_penalty is not None:
             scores = scores - args.missing_eos_penalty * (~contains_stop).float()
-        maskf = mask.float()
         rewards, kl = kl_shaped_rewards(logprobs, ref_logprobs, scores, maskf, args.kl_coef, args.kl_estimator)
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, maskf, shift_mean=False) * maskf
@@ -379,12 +377,12 @@ class PPOTrainer(Trainer):
             "objective/entropy": (-logprobs * maskf).sum(1).mean(),
             "objective/non_score_reward": non_score.mean(),
             "objective/rlhf_reward": (scores + non_score).mean(),
-            "val/explained_variance": explained_variance(values * maskf, returns, maskf),
+            "val/explained_variance": explained_variance(values, returns, maskf),
             "val/num_eos_tokens": contains_stop.float().mean(),
             "val/reply_length": maskf.sum(1).mean(),
         }
         return {"sequences": sequences, "attention": attention, "positions": positions, "context": context, "mask": maskf,
-                "logprobs": logprobs, "values": values * maskf, "advantages": advantages, "returns": returns,
+                "logprobs": logprobs, "values": values, "advantages": advantages, "returns": returns,
                 "stats": {name: self.accelerator.gather(value.detach().reshape(1)).mean().item() for name, value in stats.items()}}
 
     def scores(self, rows: list[dict], replies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -394,14 +392,13 @@ class PPOTrainer(Trainer):
         texts = tokenizer.batch_decode(replies, skip_special_tokens=True)
         prompts = [row["prompt"] for row in rows]
         conversational = isinstance(prompts[0], list)
-        completions = [[{"role": "assistant", "content": text}] for text in texts] if conversational else texts
+        completions = [reply(text) for text in texts] if conversational else texts
+        chats = [user_turn(prompt) + reply(text) for prompt, text in zip(prompts, texts)]  # what reward models read
         columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("prompt", "input_ids")}
         ids = [reply[: int(m.sum())].tolist() for reply, m in zip(replies, mask)]
         per_reward = []
         for reward in self.reward_funcs:
             if isinstance(reward, nn.Module):
-                chats = [p + c for p, c in zip(prompts, completions)] if conversational else [
-                    [{"role": "user", "content": p}, {"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]
                 values = score_conversations(reward, tokenizer, chats)
             else:
                 given = reward(prompts=prompts, completions=completions, completion_ids=ids, trainer_state=self.state, **columns)

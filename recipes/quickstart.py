@@ -142,20 +142,16 @@ def alignment_stages(base: str, args: QuickstartArguments) -> list[dict]:
         if args.max_eval_samples is not None:
             overrides += ["--max_eval_samples", str(args.max_eval_samples)]
         recipe = importlib.import_module(f"trilm.recipes.{module}")
-        trainer, _ = recipe.run(*recipe.parse(["--config", str(PRESETS / preset), *overrides]))
+        trainer, metrics = recipe.run(*recipe.parse(["--config", str(PRESETS / preset), *overrides]))
         folders[name], seconds[name] = trainer.args.output_dir, time.perf_counter() - began
-        runtime = next((row["train_runtime"] for row in reversed(trainer.state.log_history) if "train_runtime" in row), None)
-        if name in ONLINE_RL and runtime is not None:  # an update: GRPO's optimizer step, PPO's rollout batch with its epochs
-            per_update[name] = runtime / max(trainer.state.global_step, 1)
-    report = measure_stages(folders, seconds, args)
-    for entry in report:
-        if entry["stage"] in per_update:
-            entry["seconds_per_update"] = per_update[entry["stage"]]
+        if name in ONLINE_RL:  # an update: GRPO's optimizer step, PPO's rollout batch with its epochs
+            per_update[name] = metrics["train_runtime"] / max(trainer.state.global_step, 1)
+    report = measure_stages(folders, seconds, per_update, args)
     write_report(report, Path(args.output_dir))
     return report
 
 
-def measure_stages(folders: dict, seconds: dict, args: QuickstartArguments) -> list[dict]:
+def measure_stages(folders: dict, seconds: dict, per_update: dict, args: QuickstartArguments) -> list[dict]:
     from transformers import AutoModelForSequenceClassification
 
     from .alignment import load_merged, score_conversations
@@ -174,6 +170,8 @@ def measure_stages(folders: dict, seconds: dict, args: QuickstartArguments) -> l
         chats = [[{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["prediction"]}] for row in rows]
         entry = {"stage": name, "folder": folders[name], "answer_accuracy": accuracy,
                  "mean_reward": score_conversations(reward_model, tokenizer, chats).mean().item(), "seconds": seconds.get(name)}
+        if name in per_update:
+            entry["seconds_per_update"] = per_update[name]
         if name in LAST_STAGES:
             entry["kl_to_sft"] = sampled_kl(model, policies["sft"], tokenizer, [q["question"] for q in questions], args.seed)
         report.append(entry)
@@ -185,7 +183,7 @@ def sampled_kl(policy, reference, tokenizer, questions: list[str], seed: int, ma
     """KL(policy || reference) per reply, estimated on replies sampled from the policy (temperature 1): per
     token Schulman's unbiased, non-negative k3 = exp(-d) - 1 + d of the log-ratio d (as TRL logs `kl`),
     summed up to and including the end of turn and averaged over replies."""
-    from .sft import chat_prompts, chat_stops
+    from .sft import chat_prompts, chat_stops, reply_mask
 
     torch.manual_seed(seed)
     batch = chat_prompts(tokenizer, questions)
@@ -194,8 +192,7 @@ def sampled_kl(policy, reference, tokenizer, questions: list[str], seed: int, ma
                              eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
     width = batch["input_ids"].shape[1]
     completion = output[:, width:]
-    is_stop = torch.isin(completion, torch.tensor(stops)).long()
-    mask = (is_stop.cumsum(1) - is_stop) == 0  # tokens up to the first stop, inclusive
+    mask = reply_mask(completion, torch.tensor(stops))
     attention = torch.cat([batch["attention_mask"], torch.ones_like(completion)], dim=1)
     log_ratio = 0
     for model, sign in ((policy, 1), (reference, -1)):

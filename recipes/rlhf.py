@@ -9,8 +9,8 @@ default) or `RLOOTrainer` (`algorithm: rloo`), or classic actor-critic PPO (`alg
 GRPO and RLOO are PPO-style: the loss is PPO's clipped surrogate, here with the clipping acting (the policy is
 updated `num_iterations: 2` times per generation batch) and a KL penalty to the starting (SFT) model
 (`beta > 0`); the logs carry `clip_ratio/*` and `kl`. PPO's value model starts from
-`value_model_name_or_path`, else the (first) reward model, else the policy's checkpoint with a new head. Rewards, weighted by `reward_weights` in this order: each reward
-model folder of `reward_model_name_or_path` (a `trilm reward` run, with the policy's tokenizer), then each of
+`value_model_name_or_path`, else the (first) reward model, else a copy of the policy's backbone with a new
+head. Rewards, weighted by `reward_weights` in this order: each reward model folder of `reward_model_name_or_path` (a `trilm reward` run, with the policy's tokenizer), then each of
 `reward_funcs` (`module:function` called as TRL calls reward functions, or `answer_reward`, the built-in
 corpus's answer checker, the default on the built-in corpus). Prompts: `prompt`, `question` or `messages`
 rows (`recipes/alignment.py`), by default the built-in corpus's training questions. Metric: greedy answer
@@ -36,10 +36,9 @@ from .data import DataArguments, load_raw_datasets
 from .finetune import FinetuneModelArguments, check_family, finish
 from .models import ModelArguments, load_tokenizer, resolve_family
 from .output import final_metrics
+from .ppo import PPOConfig, PPOTrainer, check_rollout_batch
 from .runtime import start_run
 from .sft import after_training, before_training, held_out_questions, turn_texts
-
-from .ppo import PPOConfig, PPOTrainer, check_rollout_batch
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer), "ppo": (PPOConfig, PPOTrainer)}
 # GRPO and RLOO PPO-style by default: clipping acts (two updates per generation batch) and a KL penalty to

@@ -75,6 +75,12 @@ def chat_stops(tokenizer) -> list[int]:
     return [t for t in dict.fromkeys(ids) if t is not None and t != tokenizer.unk_token_id]
 
 
+def reply_mask(replies: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+    """1 for every generated token up to and including the first stop token of its row, else 0."""
+    is_stop = torch.isin(replies, stops).long()
+    return ((is_stop.cumsum(1) - is_stop) == 0).long()
+
+
 def chat_prompts(tokenizer, questions: list[str]):
     """Single-turn questions rendered through the chat template up to the assistant's turn, as one batch
     padded on the left (for generation)."""
