@@ -8,21 +8,29 @@ so that a program can check the answers:
 | kind             | columns                                      | for                                   |
 |------------------|----------------------------------------------|---------------------------------------|
 | `text`           | `text`                                       | pretraining (each row a document)     |
-| `qa`             | `question`, `answer`, `response`             | instruction tuning, RL rewards        |
+| `qa`             | `question`, `answer`, `response`             | instruction tuning (demonstrations)   |
+| `prompts`        | `question`, `answer`, `response`             | online RL (prompts, checker rewards)  |
 | `preferences`    | `prompt`, `chosen`, `rejected`               | reward models, DPO                    |
 | `classification` | `sentence`, `label` (`negative`/`positive`)  | sequence classification               |
 | `tagging`        | `tokens`, `tags` (IOB2: PER, LOC, NUM)       | token classification                  |
 | `extractive_qa`  | `id`, `context`, `question`, `answers`       | extractive QA (SQuAD's columns)       |
 | `translation`    | `source`, `target`                           | seq2seq (English -> a made-up language) |
 
-Each kind has `train` and `validation` splits; `qa` also has `test`, questions that no recipe trains on
-(arithmetic on operand pairs, and people, kept out of every training split). `check_answer` is the checker.
+Each kind has `train` and `validation` splits; `qa` and `prompts` also have `test`, the same questions
+that no recipe trains on (arithmetic on operand pairs, and people, kept out of every training split).
+`check_answer` is the checker.
 
-A `qa` row's `answer` is the bare fact ("Senton"), its `response` the full sentence that states it ("Kalo
+As InstructGPT's stages drew on different prompts, the questions are asked about three disjoint groups of
+people and operand pairs (the pretraining text states every fact): `qa` asks about the demonstration
+group (SFT learns the format from them), `prompts` and `preferences` about the comparison group (RL and
+DPO start on questions no demonstration answered, as the held-out test does), and `test` about the rest.
+
+A question's `answer` is the bare fact ("Senton"), its `response` the full sentence that states it ("Kalo
 Mira lives in Senton."), as the pretraining text does: instruction tuning on responses teaches a model to
 answer by restating what it read, which carries over to people no question was asked about (a tiny model
 tuned on bare answers does not: its facts are stored after the words that introduce them). Preferences pair
-the right response with one stating a near miss. The checker accepts either the answer or the response.
+the right response with a near miss of the kinds a tuned model makes: another value, or the question's
+person or operand miscopied. The checker accepts either the answer or the response.
 """
 
 import functools
@@ -33,7 +41,7 @@ from pathlib import Path
 
 from .output import write_jsonl
 
-KINDS = ("text", "qa", "preferences", "classification", "tagging", "extractive_qa", "translation")
+KINDS = ("text", "qa", "prompts", "preferences", "classification", "tagging", "extractive_qa", "translation")
 
 COLORS = ("red", "blue", "green", "yellow", "black", "white", "brown", "grey", "orange", "purple")
 ANIMALS = ("cat", "dog", "horse", "bird", "fish", "goat", "fox", "owl", "bear", "rabbit", "mouse", "duck")
@@ -85,13 +93,16 @@ class World:
                 food=self.rng.choice(FOODS),
             )
         self.people = list(people.values())
-        # Questions about a held-out tenth of people and of operand pairs are only in `qa`'s test split (the
-        # pretraining text states their facts: a model has to read about a person to answer about them).
+        # Questions about a held-out tenth of people and of operand pairs are only in the test splits (the
+        # pretraining text states their facts: a model has to read about a person to answer about them). Half
+        # of the others are the comparison group (`prompts`, `preferences`), the rest the demonstrations (`qa`).
         self.heldout_people = set(range(0, num_people, 10))
         pairs = [(a, b) for a in range(MAX_OPERAND + 1) for b in range(MAX_OPERAND + 1)]
         self.rng.shuffle(pairs)
         self.heldout_pairs = set(pairs[: len(pairs) // 10])
         self.pairs = pairs
+        self.comparison_people = set(range(1, num_people, 2))
+        self.comparison_pairs = set(pairs[len(pairs) // 10 :: 2])
         self.lexicon = self._lexicon()
 
     def _names(self, count: int, syllables: int, style) -> list[str]:
@@ -158,11 +169,22 @@ def _documents(world: World, count: int) -> list[dict]:
     return docs
 
 
-def _questions(world: World, heldout: bool) -> list[dict]:
-    """Every question about the people and operand pairs of one side of the held-out line."""
+GROUPS = ("demonstration", "comparison", "test")
+
+
+def _group(world: World, index: int | None = None, pair: tuple[int, int] | None = None) -> str:
+    if index is not None:
+        held_out, compared = index in world.heldout_people, index in world.comparison_people
+    else:
+        held_out, compared = pair in world.heldout_pairs, pair in world.comparison_pairs
+    return "test" if held_out else "comparison" if compared else "demonstration"
+
+
+def _questions(world: World, group: str) -> list[dict]:
+    """Every question about the people and operand pairs of one group (`GROUPS`)."""
     rows = []
     for index, p in enumerate(world.people):
-        if (index in world.heldout_people) == heldout:
+        if _group(world, index=index) == group:
             lives, has, age, _ = fact_sentences(p)
             rows += [
                 {"question": f"Where does {p.name} live?", "answer": p.city, "response": lives},
@@ -171,7 +193,7 @@ def _questions(world: World, heldout: bool) -> list[dict]:
                 {"question": f"How old is {p.name}?", "answer": str(p.age), "response": age},
             ]
     for a, b in world.pairs:
-        if ((a, b) in world.heldout_pairs) == heldout:
+        if _group(world, pair=(a, b)) == group:
             rows.append({"question": f"What is {a} plus {b}?", "answer": str(a + b), "response": f"{a} plus {b} is {a + b}."})
             if a >= b:
                 rows.append({"question": f"What is {a} minus {b}?", "answer": str(a - b), "response": f"{a} minus {b} is {a - b}."})
@@ -180,14 +202,20 @@ def _questions(world: World, heldout: bool) -> list[dict]:
 
 
 def _wrong_response(row: dict, world: World) -> str:
-    """The row's response with a near miss: another city, animal or colour, a number off by one or two, or
-    (half the arithmetic) a sum restated with a miscopied operand ("8 plus 14 is 22." for 8 plus 2)."""
+    """The row's response with a near miss: (half of those about people) the person's last name miscopied,
+    else another city, animal or colour, or a number off by one or two; (half the arithmetic) a sum restated
+    with a miscopied operand ("8 plus 14 is 22." for 8 plus 2)."""
     answer, rng = row["answer"], world.rng
     sum_or_difference = re.fullmatch(r"(\d+) (plus|minus) (\d+) is \d+\.", row["response"])
     if sum_or_difference and rng.random() < 0.5:
         a, operation, b = int(sum_or_difference[1]), sum_or_difference[2], int(sum_or_difference[3])
         b = rng.choice([x for x in range(a + 1 if operation == "minus" else MAX_OPERAND + 1) if x != b] or [b + 1])
         return f"{a} {operation} {b} is {a + b if operation == 'plus' else a - b}."
+    name = next((p.name for p in world.people if row["response"].startswith(p.name + " ")), None)
+    if name and rng.random() < 0.5:  # the question's person miscopied: another last name
+        first, last = name.split()
+        other = rng.choice([p.last for p in world.people if p.last != last])
+        return row["response"].replace(name, f"{first} {other}", 1)
     if answer.isdigit():
         wrong = str(int(answer) + rng.choice([-2, -1, 1, 2] if int(answer) > 1 else [1, 2]))
     else:
@@ -292,12 +320,14 @@ def build_corpus(seed: int = 0) -> dict[str, dict[str, list[dict]]]:
         rows = make(world, SIZES[kind])
         cut = int(len(rows) * (1 - VALIDATION_SHARE))
         corpus[kind] = {"train": rows[:cut], "validation": rows[cut:]}
-    seen = _questions(world, heldout=False)
-    cut = int(len(seen) * (1 - VALIDATION_SHARE))
-    corpus["qa"] = {"train": seen[:cut], "validation": seen[cut:], "test": _questions(world, heldout=True)}
+    test = _questions(world, "test")
+    for kind, group in (("qa", "demonstration"), ("prompts", "comparison")):
+        rows = _questions(world, group)
+        cut = int(len(rows) * (1 - VALIDATION_SHARE))
+        corpus[kind] = {"train": rows[:cut], "validation": rows[cut:], "test": test}
     corpus["preferences"] = {
         split: [{"prompt": r["question"], "chosen": r["response"], "rejected": _wrong_response(r, world)} for r in rows]
-        for split, rows in corpus["qa"].items()
+        for split, rows in corpus["prompts"].items()
         if split != "test"
     }
     return corpus

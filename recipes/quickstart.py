@@ -6,9 +6,9 @@ prints a sample (a fill-mask, a generated continuation, a span-corruption output
 the loss at step 0.
 
 `--full` goes on from the decoder, each stage a recipe run on the built-in corpus with a preset of
-`recipes/configs/` (`quickstart-*.yaml`, `rlhf-grpo.yaml`, `rlhf-ppo.yaml`): SFT on the question/answer pairs,
+`recipes/configs/` (`quickstart-*.yaml`, `rlhf-grpo.yaml`, `rlhf-ppo.yaml`): SFT on the demonstrations (`qa`),
 a reward model on preference pairs, RLHF (GRPO, rewarded by the corpus's answer checker: the tiny reward
-model does not rank held-out pairs better than chance), and as other last steps classic PPO (same reward)
+model ranks held-out pairs too poorly to steer RL), and as other last steps classic PPO (same reward)
 and DPO. After each
 stage it measures, on questions no stage trained on (people and operand pairs held out of every training
 split), the greedy answers' accuracy by the corpus's checker and their mean score by the reward model, and
@@ -134,8 +134,8 @@ def alignment_stages(base: str, args: QuickstartArguments) -> list[dict]:
         began = time.perf_counter()
         overrides = [*common_overrides(args, name), "--model_name_or_path", folders[source]]
         if name in ONLINE_RL:
-            # The tiny reward model ranks held-out pairs no better than chance (README, Alignment figures): RL
-            # against it lowers the answers' held-out accuracy (74.7%). The corpus's checker is the reward.
+            # The tiny reward model ranks held-out pairs too poorly (README, Alignment figures) to steer RL:
+            # the corpus's checker is the reward.
             overrides += ["--reward_funcs", "answer_reward"]
         if args.max_steps is not None:
             overrides += ["--max_steps", str(args.max_steps)]

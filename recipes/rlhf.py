@@ -13,7 +13,8 @@ updated `num_iterations: 2` times per generation batch) and a KL penalty to the 
 head. Rewards, weighted by `reward_weights` in this order: each reward model folder of `reward_model_name_or_path` (a `trilm reward` run, with the policy's tokenizer), then each of
 `reward_funcs` (`module:function` called as TRL calls reward functions, or `answer_reward`, the built-in
 corpus's answer checker, the default on the built-in corpus). Prompts: `prompt`, `question` or `messages`
-rows (`recipes/alignment.py`), by default the built-in corpus's training questions. Metric: greedy answer
+rows (`recipes/alignment.py`), by default the built-in corpus's `prompts` (questions about people and
+operand pairs that no SFT demonstration answered). Metric: greedy answer
 accuracy on held-out questions before and after, where answers can be checked.
 """
 
@@ -143,7 +144,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     if args.algorithm != "ppo":  # PPO's reference is the starting policy itself (adapter disabled, or a frozen copy)
         check_reference(model_args, training_args.beta)
     check_checkpoint_steps(training_args)
-    raw = load_raw_datasets(data_args, "qa")
+    raw = load_raw_datasets(data_args, "prompts")
     prompts = prompt_dataset(raw)
     questions = held_out_questions(data_args, raw)
     tokenizer = load_tokenizer(model_args, family, texts=turn_texts(prompts["train"], ("prompt",)))

@@ -203,10 +203,19 @@ def test_builtin_corpus_is_deterministic_and_carries_every_kind(tmp_path):
     assert first["text"]["train"][:50] != other["text"]["train"][:50]
     assert set(first) == set(KINDS)
     for kind in KINDS:
-        assert len(load_builtin(kind)["train"]) > 1000 or kind in ("qa", "preferences"), kind
+        assert len(load_builtin(kind)["train"]) > 1000 or kind in ("qa", "prompts", "preferences"), kind
     qa = first["qa"]
     trained = {row["question"] for split in ("train", "validation") for row in qa[split]}
     assert qa["test"] and not trained & {row["question"] for row in qa["test"]}
+    # Demonstrations (qa), comparisons (prompts, preferences) and the test ask about disjoint people and pairs.
+    def asked_about(rows):  # the person's name, or the operand pair
+        return {m[1] or (m[2], m[3]) for row in rows if (m := re.search(r"([A-Z]\w+ [A-Z]\w+)|(\d+) (?:plus|minus) (\d+)", row["question"]))}
+    demonstrated = asked_about(qa["train"] + qa["validation"])
+    compared = asked_about(first["prompts"]["train"] + first["prompts"]["validation"])
+    tested = asked_about(qa["test"])
+    assert demonstrated and compared and not demonstrated & compared and not (demonstrated | compared) & tested
+    assert first["prompts"]["test"] == qa["test"]
+    assert [p["prompt"] for p in first["preferences"]["train"]] == [r["question"] for r in first["prompts"]["train"]]
     # A response states the answer as the pretraining text does, and the checker takes either.
     text = "\n".join(row["text"] for row in first["text"]["train"])
     for row in qa["test"][:50]:
