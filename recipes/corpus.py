@@ -169,22 +169,15 @@ def _documents(world: World, count: int) -> list[dict]:
     return docs
 
 
-GROUPS = ("demonstration", "comparison", "test")
-
-
-def _group(world: World, index: int | None = None, pair: tuple[int, int] | None = None) -> str:
-    if index is not None:
-        held_out, compared = index in world.heldout_people, index in world.comparison_people
-    else:
-        held_out, compared = pair in world.heldout_pairs, pair in world.comparison_pairs
+def _group(held_out: bool, compared: bool) -> str:
     return "test" if held_out else "comparison" if compared else "demonstration"
 
 
 def _questions(world: World, group: str) -> list[dict]:
-    """Every question about the people and operand pairs of one group (`GROUPS`)."""
+    """Every question about the people and operand pairs of one group: "demonstration", "comparison" or "test"."""
     rows = []
     for index, p in enumerate(world.people):
-        if _group(world, index=index) == group:
+        if _group(index in world.heldout_people, index in world.comparison_people) == group:
             lives, has, age, _ = fact_sentences(p)
             rows += [
                 {"question": f"Where does {p.name} live?", "answer": p.city, "response": lives},
@@ -193,7 +186,7 @@ def _questions(world: World, group: str) -> list[dict]:
                 {"question": f"How old is {p.name}?", "answer": str(p.age), "response": age},
             ]
     for a, b in world.pairs:
-        if _group(world, pair=(a, b)) == group:
+        if _group((a, b) in world.heldout_pairs, (a, b) in world.comparison_pairs) == group:
             rows.append({"question": f"What is {a} plus {b}?", "answer": str(a + b), "response": f"{a} plus {b} is {a + b}."})
             if a >= b:
                 rows.append({"question": f"What is {a} minus {b}?", "answer": str(a - b), "response": f"{a} minus {b} is {a - b}."})
@@ -211,11 +204,11 @@ def _wrong_response(row: dict, world: World) -> str:
         a, operation, b = int(sum_or_difference[1]), sum_or_difference[2], int(sum_or_difference[3])
         b = rng.choice([x for x in range(a + 1 if operation == "minus" else MAX_OPERAND + 1) if x != b] or [b + 1])
         return f"{a} {operation} {b} is {a + b if operation == 'plus' else a - b}."
-    name = next((p.name for p in world.people if row["response"].startswith(p.name + " ")), None)
-    if name and rng.random() < 0.5:  # the question's person miscopied: another last name
-        first, last = name.split()
+    person = re.match(r"([A-Z]\w+) ([A-Z]\w+) ", row["response"])  # responses about people start with the name
+    if person and rng.random() < 0.5:  # the question's person miscopied: another last name
+        first, last = person.groups()
         other = rng.choice([p.last for p in world.people if p.last != last])
-        return row["response"].replace(name, f"{first} {other}", 1)
+        return row["response"].replace(person[0], f"{first} {other} ", 1)
     if answer.isdigit():
         wrong = str(int(answer) + rng.choice([-2, -1, 1, 2] if int(answer) > 1 else [1, 2]))
     else:
