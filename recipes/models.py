@@ -116,7 +116,21 @@ def load_tokenizer(args: ModelArguments, family: str, texts=None):
         return byte_level_tokenizer(family, **options)
     if texts is None:
         raise ValueError("No tokenizer given: set tokenizer_name_or_path, or tokenizer: {kind, vocab_size} to train one.")
-    return train_tokenizer(texts=texts, kind=kind, family=family, **{"vocab_size": 8192, **options})
+    return from_main_process(lambda: train_tokenizer(texts=texts, kind=kind, family=family, **{"vocab_size": 8192, **options}))
+
+
+def from_main_process(make):
+    """`make()` run once, on the main process of a distributed run (`torchrun`, `accelerate launch`), and its
+    result sent to the other processes; in a single process just `make()`. Tokenizer training needs it:
+    the `tokenizers` WordPiece and Unigram trainers give another vocabulary, or other ids, in each process,
+    and ranks that number tokens differently would train one model on mismatched ids."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return make()
+    made = [make() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(made, src=0)  # between this run's own processes: nothing untrusted is unpickled
+    return made[0]
 
 
 def max_positions(args: ModelArguments, family: str) -> int:

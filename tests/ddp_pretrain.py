@@ -1,5 +1,5 @@
 """Run under torchrun by test_pretrain.py: `trilm pretrain` in each process, then each rank writes the
-world size, a checksum of its weights and whether it wrote the output folder."""
+world size, a checksum of its weights and of its tokenizer, and whether it wrote the output folder."""
 
 import hashlib
 import json
@@ -23,5 +23,6 @@ arguments = pretrain.parse_args(pretrain.ARGUMENT_TYPES, ["--config", config], "
 trainer, _ = pretrain.run(*arguments)
 state = trainer.accelerator.unwrap_model(trainer.model).state_dict()
 checksum = hashlib.sha256(b"".join(t.detach().contiguous().numpy().tobytes() for _, t in sorted(state.items()) if not _.endswith("lm_head.weight"))).hexdigest()
-report = {"world_size": trainer.args.world_size, "checksum": checksum, "wrote_output": wrote["output"]}
+tokenizer = hashlib.sha256(trainer.processing_class.backend_tokenizer.to_str().encode()).hexdigest()
+report = {"world_size": trainer.args.world_size, "checksum": checksum, "tokenizer": tokenizer, "wrote_output": wrote["output"]}
 (report_dir / f"rank{trainer.args.process_index}.json").write_text(json.dumps(report))

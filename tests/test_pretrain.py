@@ -130,8 +130,10 @@ def test_a_run_stopped_part_way_resumes_to_the_same_weights(tmp_path, family, mo
 
 
 # ----------------------------------------------------------------------------- many processes
-def test_two_processes_train_together_and_save_once(tmp_path):
-    config = tiny_config(tmp_path, "decoder", max_steps=3)
+@pytest.mark.parametrize("family, tokenizer", [("decoder", {"kind": "byte"}), ("encoder", {"kind": "wordpiece", "vocab_size": 300})])
+def test_two_processes_train_together_and_save_once(tmp_path, family, tokenizer):
+    # A trained WordPiece vocabulary differs from process to process: the main process trains it for all.
+    config = tiny_config(tmp_path, family, max_steps=3, tokenizer=tokenizer)
     script = Path(__file__).parent / "ddp_pretrain.py"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(config), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -140,8 +142,9 @@ def test_two_processes_train_together_and_save_once(tmp_path):
     assert len(reports) == 2, result.stderr[-3000:]
     assert all(r["world_size"] == 2 for r in reports)
     assert reports[0]["checksum"] == reports[1]["checksum"]
+    assert reports[0]["tokenizer"] == reports[1]["tokenizer"]
     assert [r["wrote_output"] for r in reports] == [True, False]
-    saved = hashlib.sha256(b"".join(t.numpy().tobytes() for _, t in sorted(weights(tmp_path / "run-decoder").items()))).hexdigest()
+    saved = hashlib.sha256(b"".join(t.numpy().tobytes() for _, t in sorted(weights(tmp_path / f"run-{family}").items()))).hexdigest()
     assert saved == reports[0]["checksum"]
     # torch 2.13's gloo sometimes aborts at exit after a correct run; anything else is a failure.
     assert result.returncode == 0 or "gloo" in result.stderr.lower(), result.stderr[-3000:]
