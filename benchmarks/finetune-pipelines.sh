@@ -5,8 +5,9 @@
 #      saved as a transformers BertForMaskedLM folder (`to_transformers`);
 #   2. NER on UNER English-PUD (.iob2, last 20% held out) and QA on the SQuAD v2 file (last 20% held out),
 #      LoRA, from each of the two folders;
-#   3. a tiny decoder pretrained on the built-in corpus, instruction-tuned on its question/answer pairs
-#      (held-out answer accuracy before and after), then on code_alpaca_2k.json with the same recipe.
+#   3. a tiny decoder pretrained on the built-in corpus (1,500 steps, as quickstart --full), instruction-tuned on its
+#      demonstrations with quickstart --full's preset (held-out answer accuracy before and after), then on
+#      code_alpaca_2k.json with the same recipe.
 # Usage, from the repository root: bash benchmarks/finetune-pipelines.sh
 set -euo pipefail
 data=${SHARED_DATA:-../shared/data}
@@ -41,11 +42,10 @@ for start in encoder bert; do
     "${quiet[@]}" --output_dir "$work/squad-$start" > "$work/squad-$start.log" 2>&1
   report "$work/squad-$start"
 done
-trilm pretrain --config pretrain-decoder-tiny.yaml --max_steps 600 --eval_on_start false --save_strategy no "${quiet[@]}" \
+trilm pretrain --config pretrain-decoder-tiny.yaml --max_steps 1500 --eval_on_start false --save_strategy no "${quiet[@]}" \
   --output_dir "$work/decoder" 2>&1 | grep -E "train_runtime"
-trilm finetune --task sft --model_name_or_path "$work/decoder" --use_peft false --num_train_epochs 10 --learning_rate 0.002 \
-  --per_device_train_batch_size 16 --lr_scheduler_type cosine --warmup_steps 0.05 --bf16 true --eval_strategy "no" \
-  --save_strategy no --logging_steps 20 "${quiet[@]}" --output_dir "$work/sft-corpus" > "$work/sft-corpus.log" 2>&1
+trilm finetune --config quickstart-sft.yaml --model_name_or_path "$work/decoder" "${quiet[@]}" --output_dir "$work/sft-corpus" \
+  > "$work/sft-corpus.log" 2>&1
 report "$work/sft-corpus"
 trilm finetune --config sft-alpaca.yaml --train_file "$data/code_alpaca_2k.json" --model_name_or_path "$work/decoder" \
   --max_length 128 --num_train_epochs 1 "${quiet[@]}" --output_dir "$work/sft-alpaca" > "$work/sft-alpaca.log" 2>&1
