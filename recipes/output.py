@@ -67,8 +67,12 @@ def plot_loss(log_history: list[dict], path: Path, title: str) -> None:
 
 def final_metrics(train_output, eval_metrics: dict, tokens_per_sample: int | None) -> dict:
     """Trainer's train_* (`train_output` None when not training) and eval_* figures, with eval_perplexity
-    and tokens per second added."""
-    metrics = {**(train_output.metrics if train_output is not None else {}), **eval_metrics}
+    and tokens per second added. TRL's trainers put their last logged training figures (`accuracy`,
+    `margin`, `mean_token_accuracy`, ...) in the training output unprefixed: they get `train_`, so that
+    a training accuracy cannot pass for a held-out one."""
+    trained = train_output.metrics if train_output is not None else {}
+    trained = {key if key.startswith("train_") or key in ("epoch", "total_flos") else f"train_{key}": value for key, value in trained.items()}
+    metrics = {**trained, **eval_metrics}
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 700))
     if tokens_per_sample and "train_samples_per_second" in metrics:

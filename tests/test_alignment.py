@@ -75,11 +75,12 @@ def metrics(folder: Path) -> dict:
 def test_a_reward_model_learns_separable_pairs_and_reloads(tmp_path, sft):
     train, held_out = write_jsonl(tmp_path / "train.jsonl", pairs(96)), write_jsonl(tmp_path / "test.jsonl", pairs(32, seed=1))
     config = run_config(tmp_path, "reward", model_name_or_path=str(sft), use_peft=False, train_file=train, validation_file=held_out,
-                        max_steps=24, learning_rate=3e-3)
+                        max_steps=24, learning_rate=3e-3, logging_steps=5)  # steps 21-24 unlogged: TRL reports them at the end
     assert trilm(["reward", "--config", str(config)]) == 0
     folder = tmp_path / "reward"
     result = metrics(folder)
     assert result["eval_reward_accuracy"] == 1.0 and result["eval_reward_margin"] > 0.5
+    assert "train_accuracy" in result and "accuracy" not in result  # TRL's training accuracy, named as such
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     assert type(model).__name__ == "TrilmDecoderForSequenceClassification" and model.config.num_labels == 1
     tokenizer = AutoTokenizer.from_pretrained(folder)
