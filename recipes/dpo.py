@@ -16,7 +16,7 @@ from trl import DPOConfig, DPOTrainer
 from .alignment import AlignmentArguments, check_max_length, check_reference, load_merged, preference_dataset
 from .args import launch_defaults, parse_args
 from .data import DataArguments, load_raw_datasets
-from .finetune import FinetuneModelArguments, check_family, finish
+from .finetune import FinetuneModelArguments, check_adapter_options, check_family, finish
 from .models import load_tokenizer, resolve_family
 from .output import final_metrics
 from .runtime import start_run
@@ -27,6 +27,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
     start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
     check_family("dpo", ("decoder",), family)
+    check_adapter_options(args.merge, model_args, training_args)
     check_reference(model_args, training_args.beta)
     raw = load_raw_datasets(data_args, "preferences")
     pairs = preference_dataset(raw)

@@ -119,6 +119,18 @@ def load_tokenizer(args: ModelArguments, family: str, texts=None):
     return from_main_process(lambda: train_tokenizer(texts=texts, kind=kind, family=family, **{"vocab_size": 8192, **options}))
 
 
+def quantization_kwargs(args) -> dict:
+    """QLoRA: `from_pretrained` keywords that load the linear layers in 4 or 8 bits (TRL's `ModelConfig` names:
+    load_in_4bit, load_in_8bit, bnb_4bit_quant_type, use_bnb_nested_quant, dtype as the compute dtype), each
+    process's copy on its own GPU; none unless asked for (ModelArguments without TRL's names ask for none)."""
+    if not (getattr(args, "load_in_4bit", False) or getattr(args, "load_in_8bit", False)):
+        return {}
+    from accelerate import PartialState
+    from trl import get_quantization_config
+
+    return {"quantization_config": get_quantization_config(args), "device_map": {"": PartialState().local_process_index}}
+
+
 def from_main_process(make):
     """`make()` run once, on the main process of a distributed run (`torchrun`, `accelerate launch`), and its
     result sent to the other processes; in a single process just `make()`. Tokenizer training needs it:
@@ -154,8 +166,14 @@ def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **
         model = auto_class.from_config(config, **extra)
     else:
         model_type, _ = checkpoint_family(source)
+        quantization = quantization_kwargs(args)
         if model_type in FAMILY_OF_MODEL_TYPE:
-            model = auto_class.from_pretrained(source, **extra, **config_fields)
+            model = auto_class.from_pretrained(source, **extra, **quantization, **config_fields)
+        elif quantization:
+            raise ValueError(
+                f"load_in_4bit / load_in_8bit quantize a trilm checkpoint as it loads, and {source} is a {model_type} folder: "
+                "convert it first (trilm.modeling.interop.from_transformers, then save_pretrained) and start from that folder."
+            )
         else:  # a sentence-transformers BERT keeps its pooling (and normalisation) for the pooled heads
             pooling = sentence_transformers_fields(source) if family == "encoder" else {}
             model = from_transformers(auto_class.from_pretrained(source, **config_fields), **pooling)

@@ -198,11 +198,14 @@ def model_card(model, recipe: str, metrics: dict, data: str, arguments: tuple = 
 
 
 def save_run(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, data: str) -> None:
-    """Write the output folder of a finished run (main process only)."""
+    """Write the output folder of a finished run. Every process calls it: FSDP (and ZeRO-3) gather the full
+    weights together; the main process writes."""
+    output_dir = Path(trainer.args.output_dir)
+    if trainer.is_fsdp_enabled:  # a sharded state dict (the fsdp2 preset's, for checkpoints) would save no model
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(output_dir), _internal_call=True)  # not Trainer's push: it would upload its own generic card
     if not trainer.is_world_process_zero():
         return
-    output_dir = Path(trainer.args.output_dir)
-    trainer.save_model(str(output_dir), _internal_call=True)  # not Trainer's push: it would upload its own generic card
     # Trainer pickles its arguments beside the weights; the folder keeps them as YAML instead (nothing to unpickle).
     (output_dir / "training_args.bin").unlink(missing_ok=True)
     tokenizer.save_pretrained(output_dir)

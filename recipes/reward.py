@@ -16,7 +16,7 @@ from trl import RewardConfig, RewardTrainer
 from .alignment import AlignmentArguments, check_max_length, check_pairs_kept, load_merged, pairwise_metrics, preference_dataset
 from .args import launch_defaults, parse_args
 from .data import DataArguments, load_raw_datasets
-from .finetune import FinetuneModelArguments, add_lora, check_family, finish
+from .finetune import FinetuneModelArguments, check_adapter_options, add_lora, check_family, finish
 from .models import load_tokenizer, resolve_family
 from .output import final_metrics, write_arguments
 from .runtime import start_run
@@ -27,6 +27,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
     start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
     check_family("reward", ("decoder",), family)
+    check_adapter_options(args.merge, model_args, training_args)
     pairs = preference_dataset(load_raw_datasets(data_args, "preferences"))
     tokenizer = load_tokenizer(model_args, family, texts=turn_texts(pairs["train"], ("prompt", "chosen", "rejected")))
     model = load_merged(model_args, family, tokenizer, AutoModelForSequenceClassification, num_labels=1)

@@ -34,7 +34,7 @@ from .alignment import (
 )
 from .args import launch_defaults, parse_args, peek_option
 from .data import DataArguments, load_raw_datasets
-from .finetune import FinetuneModelArguments, check_family, finish
+from .finetune import FinetuneModelArguments, check_adapter_options, check_family, finish
 from .models import ModelArguments, load_tokenizer, resolve_family
 from .output import final_metrics
 from .ppo import PPOConfig, PPOTrainer, check_rollout_batch
@@ -141,6 +141,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
     check_family("rlhf", ("decoder",), family)
+    check_adapter_options(args.merge, model_args, training_args)
     if args.algorithm != "ppo":  # PPO's reference is the starting policy itself (adapter disabled, or a frozen copy)
         check_reference(model_args, training_args.beta)
     check_checkpoint_steps(training_args)

@@ -131,7 +131,7 @@ def test_the_adapter_reloads_and_the_merged_checkpoint_predicts_the_same(tmp_pat
     tokenizer = AutoTokenizer.from_pretrained(folder)
     batch = tokenizer(["Tamzo said the soup in Rafinport was not cold.", "The bread was bad."], padding=True, return_tensors="pt")
     with torch.no_grad():
-        trained = trainer.model.eval()(**batch).logits
+        trained = trainer.model.cpu().eval()(**batch).logits  # the batch and the reloaded models are on the CPU, also where a GPU trained
         labels = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
         base = AutoModelForSequenceClassification.from_pretrained(bases["encoder"], **labels)
         reloaded = PeftModel.from_pretrained(base, folder).eval()(**batch).logits
@@ -322,6 +322,7 @@ def test_bad_input_is_a_clear_value_error_before_training(tmp_path, bases, no_tr
          r"no column 'text'; its columns are 'sentence', 'label'"),
         ({"task": "sequence-classification", "family": "encoder", "model": SIZES, "use_peft": True}, r"LoRA adapts a pretrained model"),
         ({"task": "sequence-classification", "model_name_or_path": encoder, "use_peft": False, "merge": True}, r"--merge true merges a LoRA adapter"),
+        ({"task": "sequence-classification", "model_name_or_path": encoder, "use_peft": False, "load_in_4bit": True}, r"train LoRA adapters on them"),
         ({"task": "seq2seq", "model_name_or_path": seq2seq, "train_file": str(tmp_path / "s2s.jsonl"),
           "train_target_file": labelled}, r"line-aligned files must match"),
     ]
@@ -330,6 +331,29 @@ def test_bad_input_is_a_clear_value_error_before_training(tmp_path, bases, no_tr
             trilm(["finetune", "--config", str(run_config(tmp_path, "bad", **values))])
     with pytest.raises(ValueError, match="task='summarise' does not exist"):
         trilm(["finetune", "--task", "summarise"])
+
+
+def test_qlora_quantizes_as_trl_configures_and_refuses_a_merge_or_float32_adapters():
+    from types import SimpleNamespace
+
+    from trl import ModelConfig
+
+    from trilm.recipes.finetune import check_adapter_options
+    from trilm.recipes.models import ModelArguments, quantization_kwargs
+
+    kwargs = quantization_kwargs(ModelConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", use_bnb_nested_quant=True, dtype="bfloat16"))
+    config = kwargs["quantization_config"]
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16 and kwargs["device_map"] == {"": 0}
+    assert quantization_kwargs(ModelConfig(load_in_8bit=True))["quantization_config"].load_in_8bit
+    assert quantization_kwargs(ModelConfig()) == {} and quantization_kwargs(ModelArguments(family="decoder")) == {}
+    qlora = SimpleNamespace(use_peft=True, load_in_4bit=True, load_in_8bit=False)
+    with pytest.raises(ValueError, match="rounding it away"):
+        check_adapter_options(True, qlora, SimpleNamespace(bf16=True))
+    with pytest.raises(ValueError, match="set bf16 true"):
+        check_adapter_options(False, qlora, SimpleNamespace(bf16=False))
+    check_adapter_options(False, qlora, SimpleNamespace(bf16=True))
+    check_adapter_options(True, SimpleNamespace(use_peft=True, load_in_4bit=False, load_in_8bit=False), SimpleNamespace(bf16=False))
 
 
 # ------------------------------------------------------------------------------------ file layouts
