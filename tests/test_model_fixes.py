@@ -74,7 +74,9 @@ def test_seq2seq_gradient_checkpointing_matches_plain_gradients(use_reentrant):
 
 # -------------------------------------------------- 3. overridden methods keep the base signatures
 def _overrides():
-    for cls in {cls for _, cls in inspect.getmembers(trilm.modeling, inspect.isclass) if issubclass(cls, PreTrainedModel)}:
+    # In a fixed order: pytest-xdist's workers must collect the same tests (a set's order changes with the process).
+    classes = {cls for _, cls in inspect.getmembers(trilm.modeling, inspect.isclass) if issubclass(cls, PreTrainedModel)}
+    for cls in sorted(classes, key=lambda cls: cls.__name__):
         for name, method in vars(cls).items():
             if name.startswith("__") or not callable(method):
                 continue
