@@ -103,6 +103,14 @@ def value_model(args: RLHFArguments, policy, tokenizer):
     return value
 
 
+def check_ppo_policy(algorithm: str, model_args) -> None:
+    """Classic PPO copies the policy's weights into its value model, which 4- or 8-bit weights cannot give:
+    a ValueError before training (GRPO and RLOO take a quantized policy)."""
+    if algorithm == "ppo" and (model_args.load_in_4bit or model_args.load_in_8bit):
+        raise ValueError("algorithm ppo builds its value model from the policy's full-precision weights: drop load_in_4bit / "
+                         "load_in_8bit (LoRA on the full model), or use algorithm grpo or rloo, which take a quantized policy.")
+
+
 def check_checkpoint_steps(training_args) -> None:
     """Each generation batch serves num_iterations x steps_per_generation updates and is not saved: a
     checkpoint between them could not resume to the same weights. (A PPO step is a whole batch.)"""
@@ -144,6 +152,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     check_adapter_options(args.merge, model_args, training_args)
     if args.algorithm != "ppo":  # PPO's reference is the starting policy itself (adapter disabled, or a frozen copy)
         check_reference(model_args, training_args.beta)
+    check_ppo_policy(args.algorithm, model_args)
     check_checkpoint_steps(training_args)
     raw = load_raw_datasets(data_args, "prompts")
     prompts = prompt_dataset(raw)

@@ -333,13 +333,14 @@ def test_bad_input_is_a_clear_value_error_before_training(tmp_path, bases, no_tr
         trilm(["finetune", "--task", "summarise"])
 
 
-def test_qlora_quantizes_as_trl_configures_and_refuses_a_merge_or_float32_adapters():
+def test_qlora_quantizes_as_trl_configures_and_refuses_a_merge_float32_adapters_or_ppo():
     from types import SimpleNamespace
 
     from trl import ModelConfig
 
     from trilm.recipes.finetune import check_adapter_options
     from trilm.recipes.models import ModelArguments, quantization_kwargs
+    from trilm.recipes.rlhf import check_ppo_policy
 
     kwargs = quantization_kwargs(ModelConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", use_bnb_nested_quant=True, dtype="bfloat16"))
     config = kwargs["quantization_config"]
@@ -354,6 +355,9 @@ def test_qlora_quantizes_as_trl_configures_and_refuses_a_merge_or_float32_adapte
         check_adapter_options(False, qlora, SimpleNamespace(bf16=False))
     check_adapter_options(False, qlora, SimpleNamespace(bf16=True))
     check_adapter_options(True, SimpleNamespace(use_peft=True, load_in_4bit=False, load_in_8bit=False), SimpleNamespace(bf16=False))
+    with pytest.raises(ValueError, match="algorithm ppo builds its value model"):
+        check_ppo_policy("ppo", qlora)
+    check_ppo_policy("grpo", qlora)
 
 
 # ------------------------------------------------------------------------------------ file layouts
