@@ -45,11 +45,16 @@ class FinetuneModelArguments(ModelArguments, ModelConfig):
             self.use_peft = self.model_name_or_path is not None
         if self.use_peft and self.model_name_or_path is None:
             raise ValueError("LoRA adapts a pretrained model: give model_name_or_path, or set use_peft false to train a new model in full.")
-        if self.load_in_4bit or self.load_in_8bit:
+        if self.quantized:
             if not self.use_peft:
                 raise ValueError("load_in_4bit / load_in_8bit (QLoRA) freeze the quantized weights: train LoRA adapters on them (use_peft true).")
             if not torch.cuda.is_available():
                 raise ValueError("load_in_4bit / load_in_8bit (QLoRA, bitsandbytes) need a CUDA GPU; none is available.")
+
+    @property
+    def quantized(self) -> bool:
+        """QLoRA: the model's linear layers load in 4 or 8 bits."""
+        return bool(self.load_in_4bit or self.load_in_8bit)
 
 
 @dataclass
@@ -114,11 +119,11 @@ def check_lora_targets(model, targets) -> None:
 def check_adapter_options(merge: bool, model_args: FinetuneModelArguments, training_args) -> None:
     """ValueErrors before training: `--merge true` needs a LoRA run on full-precision weights, and QLoRA bf16
     autocast (TRL keeps the adapters of a quantized model in bfloat16)."""
-    if (model_args.load_in_4bit or model_args.load_in_8bit) and not training_args.bf16:
+    if model_args.quantized and not training_args.bf16:
         raise ValueError("load_in_4bit / load_in_8bit: TRL keeps the LoRA adapters of a quantized model in bfloat16; set bf16 true.")
     if merge and not model_args.use_peft:
         raise ValueError("--merge true merges a LoRA adapter into its base; this run trains the model in full (use_peft false).")
-    if merge and (model_args.load_in_4bit or model_args.load_in_8bit):
+    if merge and model_args.quantized:
         raise ValueError(
             "--merge true would merge the adapter into quantized weights, rounding it away. Train without --merge, then merge "
             "on the full-precision base: AutoPeftModelForCausalLM.from_pretrained(output_dir).merge_and_unload().save_pretrained(...)."

@@ -16,7 +16,7 @@ from trl import RewardConfig, RewardTrainer
 from .alignment import AlignmentArguments, check_max_length, check_pairs_kept, load_merged, pairwise_metrics, preference_dataset
 from .args import launch_defaults, parse_args
 from .data import DataArguments, load_raw_datasets
-from .finetune import FinetuneModelArguments, check_adapter_options, add_lora, check_family, finish
+from .finetune import FinetuneModelArguments, add_lora, check_adapter_options, check_family, finish
 from .models import load_tokenizer, resolve_family
 from .output import final_metrics, write_arguments
 from .runtime import start_run

@@ -106,7 +106,7 @@ def value_model(args: RLHFArguments, policy, tokenizer):
 def check_ppo_policy(algorithm: str, model_args) -> None:
     """Classic PPO copies the policy's weights into its value model, which 4- or 8-bit weights cannot give:
     a ValueError before training (GRPO and RLOO take a quantized policy)."""
-    if algorithm == "ppo" and (model_args.load_in_4bit or model_args.load_in_8bit):
+    if algorithm == "ppo" and model_args.quantized:
         raise ValueError("algorithm ppo builds its value model from the policy's full-precision weights: drop load_in_4bit / "
                          "load_in_8bit (LoRA on the full model), or use algorithm grpo or rloo, which take a quantized policy.")
 

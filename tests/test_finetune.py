@@ -348,13 +348,13 @@ def test_qlora_quantizes_as_trl_configures_and_refuses_a_merge_float32_adapters_
     assert config.bnb_4bit_compute_dtype == torch.bfloat16 and kwargs["device_map"] == {"": 0}
     assert quantization_kwargs(ModelConfig(load_in_8bit=True))["quantization_config"].load_in_8bit
     assert quantization_kwargs(ModelConfig()) == {} and quantization_kwargs(ModelArguments(family="decoder")) == {}
-    qlora = SimpleNamespace(use_peft=True, load_in_4bit=True, load_in_8bit=False)
+    qlora = SimpleNamespace(use_peft=True, quantized=True)
     with pytest.raises(ValueError, match="rounding it away"):
         check_adapter_options(True, qlora, SimpleNamespace(bf16=True))
     with pytest.raises(ValueError, match="set bf16 true"):
         check_adapter_options(False, qlora, SimpleNamespace(bf16=False))
     check_adapter_options(False, qlora, SimpleNamespace(bf16=True))
-    check_adapter_options(True, SimpleNamespace(use_peft=True, load_in_4bit=False, load_in_8bit=False), SimpleNamespace(bf16=False))
+    check_adapter_options(True, SimpleNamespace(use_peft=True, quantized=False), SimpleNamespace(bf16=False))
     with pytest.raises(ValueError, match="algorithm ppo builds its value model"):
         check_ppo_policy("ppo", qlora)
     check_ppo_policy("grpo", qlora)
