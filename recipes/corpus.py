@@ -298,6 +298,12 @@ SIZES = {"text": 12000, "classification": 6000, "tagging": 6000, "extractive_qa"
 VALIDATION_SHARE = 0.1
 
 
+def _split(rows: list[dict]) -> dict[str, list[dict]]:
+    """The last VALIDATION_SHARE of `rows` as validation, the rest as train."""
+    cut = int(len(rows) * (1 - VALIDATION_SHARE))
+    return {"train": rows[:cut], "validation": rows[cut:]}
+
+
 @functools.lru_cache(maxsize=4)
 def build_corpus(seed: int = 0) -> dict[str, dict[str, list[dict]]]:
     """Every kind of material, as {kind: {split: rows}}. Identical for the same seed."""
@@ -310,14 +316,10 @@ def build_corpus(seed: int = 0) -> dict[str, dict[str, list[dict]]]:
         ("extractive_qa", _passages),
         ("translation", _translations),
     ):
-        rows = make(world, SIZES[kind])
-        cut = int(len(rows) * (1 - VALIDATION_SHARE))
-        corpus[kind] = {"train": rows[:cut], "validation": rows[cut:]}
+        corpus[kind] = _split(make(world, SIZES[kind]))
     test = _questions(world, "test")
     for kind, group in (("qa", "demonstration"), ("prompts", "comparison")):
-        rows = _questions(world, group)
-        cut = int(len(rows) * (1 - VALIDATION_SHARE))
-        corpus[kind] = {"train": rows[:cut], "validation": rows[cut:], "test": test}
+        corpus[kind] = {**_split(_questions(world, group)), "test": test}
     corpus["preferences"] = {
         split: [{"prompt": r["question"], "chosen": r["response"], "rejected": _wrong_response(r, world)} for r in rows]
         for split, rows in corpus["prompts"].items()
