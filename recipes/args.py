@@ -3,15 +3,19 @@
 The YAML gives the defaults, the flags override them (as in TRL's TrlParser and the alignment-handbook)."""
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
 
+from .runtime import resolve_bf16
+
 
 def launch_defaults() -> dict:
     """Defaults that depend on the machine: `use_cpu` where there is no GPU (so that bf16 autocast runs on
-    the CPU, and under `torchrun` the processes train together over gloo instead of each alone)."""
+    the CPU, and under `torchrun` the processes train together over gloo instead of each alone). `bf16`
+    follows the hardware in `parse_args`."""
     import torch
 
     accelerator = torch.cuda.is_available() or torch.backends.mps.is_available()
@@ -26,10 +30,49 @@ def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str, de
     parser.add_argument("--config", help="YAML file whose keys give the defaults of the flags below")
     if defaults:
         parser.set_defaults(**defaults)
-    if known.config:
-        parser.set_defaults(**load_yaml(known.config, parser))
+    values = load_yaml(known.config, parser) if known.config else {}
+    bf16_reason = None
+    if any(f.name == "bf16" for cls in dataclass_types for f in dataclasses.fields(cls)):
+        rest, requested = take_bf16(rest, values.pop("bf16", "auto"))
+        values["bf16"], bf16_reason = resolve_bf16(requested)
+    parser.set_defaults(**values)
     *parsed, _ = parser.parse_args_into_dataclasses(args=rest + (["--config", known.config] if known.config else []))
+    for args in parsed:
+        if hasattr(args, "bf16"):
+            args.bf16_reason = bf16_reason  # the run folder records the precision and why (output.write_arguments)
     return tuple(parsed)
+
+
+def take_bf16(argv: list[str], configured) -> tuple[list[str], bool | None]:
+    """`argv` without its `--bf16 VALUE` flags, and the bf16 asked for: the last flag's, else the YAML's;
+    None where neither sets it or it says `auto` (then the hardware decides)."""
+    requested, rest, index = configured, [], 0
+    while index < len(argv):
+        flag = argv[index]
+        if flag == "--bf16" or flag.startswith("--bf16="):
+            if "=" in flag:
+                requested = flag.split("=", 1)[1]
+            elif index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+                requested, index = argv[index + 1], index + 1
+            else:
+                requested = True  # a bare --bf16, as HfArgumentParser reads it
+        else:
+            rest.append(flag)
+        index += 1
+    return rest, parse_bf16(requested)
+
+
+def parse_bf16(value) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    if text in ("true", "yes", "1", "t", "y"):
+        return True
+    if text in ("false", "no", "0", "f", "n"):
+        return False
+    raise ValueError(f"bf16={value!r} is invalid: use true, false or auto (auto, the default, follows the hardware).")
 
 
 PRESETS = Path(__file__).parent / "configs"

@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .args import parse_args
-from .runtime import tune_cpu_allocator
+from .runtime import cpu_capability, native_cpu_bf16, tune_cpu_allocator
 
 FAMILIES = ("decoder", "encoder", "seq2seq")
 
@@ -295,6 +295,8 @@ def run(args: BenchArguments) -> dict:
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "cpu_capability": cpu_capability(),
+        "native_cpu_bf16": native_cpu_bf16(),
         "cpu_allocator_tuned": allocator_tuned,
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in models["trilm"].parameters()),
@@ -321,9 +323,10 @@ def run(args: BenchArguments) -> dict:
 def print_table(report: dict) -> None:
     args = report["arguments"]
     allocator = " | allocator tuned" if report.get("cpu_allocator_tuned") else ""
+    bf16 = "native bf16" if report["native_cpu_bf16"] else "no native bf16"
     print(
         f"trilm bench | {args['family']} | {report['parameters'] / 1e6:.2f}M params | {args['dtype']} | {report['device']} "
-        f"| compile={args['compile']}{allocator}"
+        f"| cpu capability {report['cpu_capability']}, {bf16} | compile={args['compile']}{allocator}"
     )
     if "train" in report:
         train = report["train"]

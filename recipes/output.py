@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from .runtime import hardware_record
+
 
 def resolved_arguments(*arguments) -> dict:
     """One flat mapping of every field of the parsed argument dataclasses, as `--config` reads it back."""
@@ -31,11 +33,22 @@ def _plain(value):
     return value
 
 
+def run_hardware(*arguments) -> dict:
+    """The precision the run used and why, the CPU capability and the thread count (`runtime.hardware_record`)."""
+    training = next((args for args in arguments if hasattr(args, "bf16")), None)
+    if training is None:
+        return {}
+    return hardware_record(training.bf16, getattr(training, "bf16_reason", None))
+
+
 def write_arguments(output_dir: str, *arguments) -> None:
+    """`trilm_args.yaml`: every resolved argument (`trilm <command> --config` reads it back), headed by comments
+    that say on which hardware, in which precision and why, the run ran."""
     path = Path(output_dir) / "trilm_args.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     values = {k: v for k, v in resolved_arguments(*arguments).items() if v is not None}
-    path.write_text(yaml.safe_dump(values, sort_keys=True, allow_unicode=True))
+    header = "".join(f"# {key}: {value}\n" for key, value in run_hardware(*arguments).items())
+    path.write_text(header + yaml.safe_dump(values, sort_keys=True, allow_unicode=True))
 
 
 def loss_curves(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
@@ -210,6 +223,7 @@ def save_run(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, d
     (output_dir / "training_args.bin").unlink(missing_ok=True)
     tokenizer.save_pretrained(output_dir)
     write_arguments(str(output_dir), *arguments)
+    metrics.update(run_hardware(*arguments))
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     plot_loss(trainer.state.log_history, output_dir / "loss.png", f"trilm {recipe}")
     model = trainer.accelerator.unwrap_model(trainer.model)

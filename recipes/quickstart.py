@@ -37,6 +37,7 @@ class QuickstartArguments:
     full: bool = field(default=False, metadata={"help": "go on from the decoder: SFT -> reward model -> RLHF, and DPO"})
     full_pretrain_steps: int = field(default=1500, metadata={"help": "--full: pretraining steps of the decoder the stages start from"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "--full: measure on at most this many held-out questions and pairs"})
+    bf16: bool | None = field(default=None, metadata={"help": "true, false or auto (default: bf16 where the hardware has it natively, else float32)"})
 
     def __post_init__(self):
         unknown = sorted(set(self.families) - set(FAMILIES))
@@ -47,8 +48,11 @@ class QuickstartArguments:
 
 
 def common_overrides(args: QuickstartArguments, folder: str) -> list[str]:
+    # An explicit bf16 overrides every stage's preset; left to auto, each preset decides (the reward stage's
+    # says float32) and the rest follow the hardware.
+    bf16 = [] if (args.bf16_reason or "auto").startswith("auto") else ["--bf16", str(args.bf16).lower()]
     return ["--output_dir", str(Path(args.output_dir) / folder), "--seed", str(args.seed), "--corpus_seed", str(args.seed),
-            "--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none"]
+            "--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none", *bf16]
 
 
 def pretrain_family(family: str, args: QuickstartArguments) -> dict:

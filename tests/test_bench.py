@@ -57,6 +57,9 @@ def test_bench_compares_with_the_reference_and_writes_json(tmp_path, capsys, fam
             assert entry["same_tokens"] is True  # identical weights generate identical greedy tokens
     printed = capsys.readouterr().out
     assert "ratio trilm/reference" in printed and "MFU" in printed
+    # MFU means little without the instructions it ran on: the capability is printed beside it.
+    assert report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert f"cpu capability {report['cpu_capability']}" in printed
 
 
 def test_bench_bfloat16_and_mode_flags(tmp_path):

@@ -131,7 +131,10 @@ def test_the_adapter_reloads_and_the_merged_checkpoint_predicts_the_same(tmp_pat
     tokenizer = AutoTokenizer.from_pretrained(folder)
     batch = tokenizer(["Tamzo said the soup in Rafinport was not cold.", "The bread was bad."], padding=True, return_tensors="pt")
     with torch.no_grad():
-        trained = trainer.model.cpu().eval()(**batch).logits  # the batch and the reloaded models are on the CPU, also where a GPU trained
+        # The batch and the reloaded models are on the CPU, also where a GPU trained; without accelerate's autocast
+        # wrapper (a bf16 run, where the hardware has bf16, leaves it on the forward): float32, as the reloads run.
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+        trained = model.cpu().eval()(**batch).logits
         labels = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
         base = AutoModelForSequenceClassification.from_pretrained(bases["encoder"], **labels)
         reloaded = PeftModel.from_pretrained(base, folder).eval()(**batch).logits

@@ -71,6 +71,12 @@ def test_each_family_pretrains_on_the_builtin_corpus_and_reloads(tmp_path, famil
     metrics = json.loads((folder / "metrics.json").read_text())
     for key in ("train_loss", "eval_loss", "eval_perplexity", "train_tokens_per_second", "train_runtime", "wall_time"):
         assert key in metrics and metrics[key] > 0, key
+    # The folder says in which precision the run ran, why, and on how many threads.
+    arguments = yaml.safe_load((folder / "trilm_args.yaml").read_text())
+    assert metrics["precision"] == ("bf16" if arguments["bf16"] else "float32")
+    assert metrics["precision_reason"].startswith("auto: ") and metrics["cpu_capability"] in metrics["precision_reason"]
+    assert metrics["num_threads"] == torch.get_num_threads()
+    assert f"# precision: {metrics['precision']}\n" in (folder / "trilm_args.yaml").read_text()
     model = HEADS[family].from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert model.config.model_type == f"trilm_{family}" and len(tokenizer) <= model.config.vocab_size
