@@ -7,7 +7,10 @@ passes to transformers uses the installed version's name, so no deprecation warn
 """
 
 import functools
+import warnings
 from collections.abc import Callable
+
+import torch
 
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
@@ -28,11 +31,15 @@ def output_cache(outputs):
 
 def accepts_cache_alias(forward: Callable) -> Callable:
     """Let a `forward` whose cache parameter is `cache` also take it as `past_key_values` (transformers before
-    5.24, and user code written for it)."""
+    5.24, and user code written for it). Where the installed transformers has renamed it (5.24 and later), the
+    old name raises a FutureWarning naming `cache`, as Llama's `deprecate_kwarg` does (not while compiling)."""
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
         if "past_key_values" in kwargs:
+            if CACHE_NAME == "cache" and not torch.compiler.is_compiling():
+                warnings.warn(f"`past_key_values` is deprecated for `{type(self).__name__}.forward` since transformers 5.24 "
+                              "and will be removed in 5.40.0. Use `cache` instead.", FutureWarning, stacklevel=2)
             legacy = kwargs.pop("past_key_values")
             if legacy is not None and kwargs.get("cache") is not None:
                 raise ValueError("Pass the cache once, as `cache` or as `past_key_values`, not as both.")

@@ -154,6 +154,35 @@ def test_forward_takes_the_cache_as_cache_or_past_key_values():
     assert CACHE_NAME in model(x, use_cache=True)
 
 
+def test_past_key_values_raises_one_future_warning_naming_cache_with_outputs_unchanged():
+    """As Llama's `deprecate_kwarg` does since transformers 5.24, for the decoder and the seq2seq model; on 5.23,
+    where `past_key_values` is the current name, nothing warns."""
+    torch.manual_seed(0)
+    for model in (TrilmDecoderForCausalLM(tiny_decoder_config()).eval(), seq2seq().eval()):
+        inputs = {"input_ids": SOURCE[:1, :5]}
+        if model.config.is_encoder_decoder:
+            inputs["decoder_input_ids"] = SOURCE[:1, :3]
+        outputs = {}
+        for name in ("cache", "past_key_values"):
+            with warnings.catch_warnings(record=True) as record, torch.no_grad():
+                warnings.simplefilter("always")
+                outputs[name] = model(**inputs, use_cache=True, **{name: cache_for(model)}).logits
+            future = [str(w.message) for w in record if issubclass(w.category, FutureWarning)]
+            if name == "cache" or CACHE_NAME == "past_key_values":
+                assert future == []
+            else:
+                assert len(future) == 1 and "`past_key_values` is deprecated" in future[0] and "Use `cache` instead" in future[0]
+        assert torch.equal(outputs["cache"], outputs["past_key_values"])
+
+
+def cache_for(model):
+    from transformers.cache_utils import EncoderDecoderCache
+
+    if model.config.is_encoder_decoder:
+        return EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
+    return DynamicCache(config=model.config)
+
+
 def test_generate_decodes_with_the_cache():
     """generate() passes the cache under the installed transformers' name; a forward that swallowed it would
     decode every step from scratch and see a cache that never grows."""
