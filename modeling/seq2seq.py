@@ -128,6 +128,11 @@ class TrilmSeq2SeqModel(TrilmSeq2SeqPreTrainedModel):
     # As in BART: three modules whose weights are tied to `shared.weight`, so that loading knows the one
     # parameter to look for (and reports it missing, then initialises it, when a checkpoint lacks it).
     _tied_weights_keys = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
+    # Tensor parallelism shards the shared embedding on the vocabulary, as transformers does a decoder's
+    # `embed_tokens`: the LM head, tied to it by default, is sharded the same way (colwise), so that both or
+    # neither are sharded. The encoder's and decoder's `embed_tokens` hold the same (tied) weight: each needs
+    # the plan's hooks too.
+    _tp_plan = {name: "embedding_rowwise" for name in ("shared", "encoder.embed_tokens", "decoder.embed_tokens")}
 
     def __init__(self, config: TrilmSeq2SeqConfig):
         super().__init__(config)

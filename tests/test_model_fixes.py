@@ -226,3 +226,33 @@ def test_no_deprecation_warning_comes_from_trilm_in_forward_generate_and_trainin
     assert not _trilm_warnings(record)
     assert "deprecated" not in transformers_logs.text.lower()
 
+
+
+# ------------------------------------------------ tensor parallelism of the seq2seq LM, tied and untied
+@pytest.mark.parametrize("tied", [True, False])
+def test_seq2seq_lm_under_tensor_parallelism_gives_the_unsharded_logits(tmp_path, tied):
+    """Two CPU ranks over gloo, as transformers' own TP tests run: the tied head and the shared embedding are
+    sharded together (vocabulary 100 splits in two)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file as save_tensors
+
+    model = seq2seq(vocab_size=100, tie_word_embeddings=tied)
+    assert (model.lm_head.weight is model.model.shared.weight) is tied
+    inputs = {"input_ids": SOURCE % 100, "decoder_input_ids": SOURCE[:, :5] % 100}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    save_tensors({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
+    save_tensors({"logits": expected.contiguous()}, tmp_path / "expected.safetensors")
+    script = Path(__file__).parent / "tp_seq2seq.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert (tmp_path / "tp.json").is_file(), result.stderr[-3000:]
+    report = json.loads((tmp_path / "tp.json").read_text())
+    assert "lm_head" in report["sharded"] and "model.shared" in report["sharded"]  # both or neither: both
+    assert report["max_diff"] <= 1e-5
