@@ -25,6 +25,7 @@ from transformers import (
     BertModel,
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaForSequenceClassification,
     LlamaModel,
     PreTrainedModel,
 )
@@ -32,7 +33,7 @@ from transformers.utils import cached_file
 
 from trilm.configuration import TrilmConfig, TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
 
-from .decoder import TrilmDecoderForCausalLM, TrilmDecoderModel
+from .decoder import TrilmDecoderForCausalLM, TrilmDecoderForSequenceClassification, TrilmDecoderModel
 from .encoder import (
     TrilmEncoderForMaskedLM,
     TrilmEncoderForQuestionAnswering,
@@ -89,6 +90,7 @@ class Adapter:
 
 
 _TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+_TASK_FIELDS = ("id2label", "label2id", "problem_type")
 
 
 def _multi_head(config: TrilmConfig) -> dict:
@@ -99,11 +101,16 @@ def _multi_head(config: TrilmConfig) -> dict:
     }
 
 LLAMA = Adapter(
-    classes={LlamaForCausalLM: TrilmDecoderForCausalLM, LlamaModel: TrilmDecoderModel},
+    classes={
+        LlamaForCausalLM: TrilmDecoderForCausalLM,
+        LlamaForSequenceClassification: TrilmDecoderForSequenceClassification,  # reward models, classifiers
+        LlamaModel: TrilmDecoderModel,
+    },
     hf_config_class=LlamaConfig,
     trilm_config_class=TrilmDecoderConfig,
     same_fields=(
         *_TOKEN_IDS,
+        *_TASK_FIELDS,
         "vocab_size",
         "hidden_size",
         "intermediate_size",
@@ -135,7 +142,6 @@ LLAMA = Adapter(
     ],
 )
 
-_TASK_FIELDS = ("id2label", "label2id", "problem_type")
 
 
 def _bert_extras(model: PreTrainedModel) -> dict:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "dpo": ("direct preference optimisation (TRL DPOTrainer)", _lazy("dpo")),
     "generate": ("sample, chat, translate or fill masks with a checkpoint", _lazy("generate")),
     "push": ("upload a run folder (model, tokenizer, card) to the Hub", _lazy("push")),
+    "export": ("a checkpoint as transformers' own Llama/BERT/BART class, or as GGUF (llama.cpp, Ollama)", _lazy("export")),
     "bench": ("time training and generation, optionally against transformers' reference", _lazy("bench")),
 }
 

@@ -3,9 +3,9 @@ backends, gradient checkpointing and packing."""
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
 
-from trilm.modeling import TrilmDecoderForCausalLM, TrilmDecoderModel
+from trilm.modeling import TrilmDecoderForCausalLM, TrilmDecoderForSequenceClassification, TrilmDecoderModel
 from trilm.modeling.interop import from_transformers, to_transformers
 
 from .conftest import assert_checkpointing_keeps_gradients, tiny_decoder_config
@@ -62,6 +62,24 @@ def test_to_transformers_round_trips_to_identical_weights(tie):
     before, after = reference.state_dict(), back.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_llama_sequence_classification_converts_both_ways_with_the_same_scores():
+    """Reward models and classifiers: the score head reads the last non-pad token on both sides."""
+    torch.manual_seed(0)
+    reference = llama(False, cls=LlamaForSequenceClassification)
+    reference.config.id2label, reference.config.label2id = {0: "bad", 1: "good"}, {"bad": 0, "good": 1}
+    ours = from_transformers(reference).eval()
+    assert type(ours) is TrilmDecoderForSequenceClassification and ours.config.id2label == {0: "bad", 1: "good"}
+    x = tokens()
+    x[0, 8:] = 0  # right padding in the first row: the score is read at position 7
+    mask = (x != 0).long()
+    with torch.no_grad():
+        assert (ours(x, attention_mask=mask).logits - reference(x, attention_mask=mask).logits).abs().max() <= 1e-5
+        back = to_transformers(ours).eval()
+        assert type(back) is LlamaForSequenceClassification
+        assert (back(x, attention_mask=mask).logits - ours(x, attention_mask=mask).logits).abs().max() <= 1e-5
+    assert all(torch.equal(value, back.state_dict()[key]) for key, value in reference.state_dict().items())
 
 
 def test_base_llama_model_converts_to_the_base_decoder():
