@@ -204,6 +204,16 @@ def test_export_refuses_bad_input_before_writing_anything(tmp_path, checkpoints)
     with pytest.raises(ValueError, match="BertConfig has no equivalent of norm_bias=False; it needs norm_bias=True"):
         cli(["export", "--model_name_or_path", str(modern), "--output_dir", str(out)])
     assert not out.exists()
+    # A decoder with nanoGPT's plain GELU MLP is no Llama: neither export writes it.
+    gpt = tmp_path / "gpt"
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints["decoder"])
+    trilm.modeling.TrilmDecoderForCausalLM(TrilmDecoderConfig(**config_values(tokenizer, TrilmDecoderConfig), **SIZES, num_hidden_layers=1,
+                                                              mlp_type="plain", hidden_act="gelu")).save_pretrained(gpt)
+    tokenizer.save_pretrained(gpt)
+    for target in ("transformers", "gguf"):
+        with pytest.raises(ValueError, match="LlamaConfig has no equivalent of mlp_type='plain'"):
+            cli(["export", "--model_name_or_path", str(gpt), "--to", target, "--output_dir", str(out)])
+        assert not out.exists()
     # A transformers folder is exported already.
     llama = export.to_transformers(TrilmDecoderForCausalLM_from(checkpoints["decoder"]))
     llama.save_pretrained(tmp_path / "llama")
