@@ -4,6 +4,7 @@ hold the whole answer, or there is none), and predicted spans mapped back to cha
 `n_best_size` starts and ends over all windows of an example. Metric: SQuAD's exact match and F1."""
 
 import collections
+import logging
 import re
 import string
 
@@ -12,6 +13,28 @@ from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
 from .data import load_raw_datasets, require_columns
 from .task import Features, Task
+
+logger = logging.getLogger(__name__)
+
+
+def load_data(data_args, args):
+    """The QA rows; with `version_2_with_negative false`, the rows without an answer (SQuAD v2's unanswerable
+    questions) are dropped, with their count logged, so that a v2 file trains and scores on its answerable part."""
+    raw = load_raw_datasets(data_args, "extractive_qa")
+    if args.version_2_with_negative:
+        return raw
+    for split in list(raw):
+        if args.answer_column_name not in raw[split].column_names:
+            continue  # require_columns names the missing column later
+        rows = raw[split]
+        raw[split] = rows.filter(lambda row: len(row[args.answer_column_name]["text"]) > 0)
+        dropped = len(rows) - len(raw[split])
+        if dropped:
+            logger.warning("version_2_with_negative false: dropped %d of %d %s rows that have no answer (set it true to train "
+                           "and score on unanswerable questions too).", dropped, len(rows), split)
+        if len(raw[split]) == 0:
+            raise ValueError(f"The {split} split has no row with an answer: with unanswerable questions only, set version_2_with_negative true.")
+    return raw
 
 
 def check_answers(rows, args, split: str) -> None:
@@ -24,8 +47,6 @@ def check_answers(rows, args, split: str) -> None:
                     f"{split} row {row.get('id', '?')}: the answer {text!r} is not at answer_start={start} of its context "
                     f"(found {context[start:start + len(text)]!r}). Fix answer_start."
                 )
-        if not answers["text"] and not args.version_2_with_negative:
-            raise ValueError(f"{split} row {row.get('id', '?')} has no answer: set version_2_with_negative true for SQuAD v2 data.")
 
 
 def encode_windows(tokenizer, batch, args, max_length: int):
@@ -192,7 +213,7 @@ TASK = Task(
     families=("encoder",),
     auto_class=AutoModelForQuestionAnswering,
     peft_task_type="QUESTION_ANS",
-    load_data=lambda data_args, args: load_raw_datasets(data_args, "extractive_qa"),
+    load_data=load_data,
     texts=texts,
     prepare=prepare,
 )

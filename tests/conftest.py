@@ -4,6 +4,14 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# TorchInductor's cache (flex attention compiles) is not keyed by the CPU capability ATen and oneDNN were capped
+# to (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA): kernels compiled under one cap and reused under another gave
+# wrong results. One cache per capability setting keeps measuring under a cap from breaking later runs.
+_cap = "-".join(os.environ.get(name, "") for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")).strip("-")
+if _cap:
+    import tempfile
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-{_cap.lower()}"))
 
 from pathlib import Path  # noqa: E402
 

@@ -2,8 +2,10 @@
 tasks' data mappings on hand-made cases, and clear errors before any training starts."""
 
 import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -239,6 +241,66 @@ def test_qa_an_answer_across_a_window_edge_and_no_answer_point_at_cls(bases):
     null = torch.zeros(len(features["input_ids"]), width).numpy()
     null[:, 0] = 10.0  # CLS outscores every span: SQuAD v2's empty answer
     assert best_answers([{"context": context}], features, null, null, args) == [""]
+
+
+def test_qa_null_threshold_decides_between_the_best_span_and_no_answer(bases):
+    """SQuAD v2 (run_qa's rule): answer nothing when the null score (CLS start + end) beats the best span's score
+    by more than null_score_diff_threshold; v1 always answers."""
+    context = "alpha beta gamma delta epsilon zeta"
+    _, args, features = qa_windows(bases, context, "gamma", max_length=32)
+    start, end = features["start_positions"][0], features["end_positions"][0]
+    assert 0 < start <= end
+    width = len(features["input_ids"][0])
+    start_logits, end_logits = np.zeros((1, width), dtype=np.float32), np.zeros((1, width), dtype=np.float32)
+    start_logits[0, start] = end_logits[0, end] = 3.0  # the span scores 6
+    start_logits[0, 0] = end_logits[0, 0] = 4.0  # the null answer scores 8: 2 above the span
+    examples = [{"context": context}]
+    for threshold, expected in ((0.0, ""), (1.9, ""), (2.1, "gamma"), (-5.0, "")):
+        args.null_score_diff_threshold = threshold
+        assert best_answers(examples, features, start_logits, end_logits, args) == [expected], threshold
+    args.version_2_with_negative, args.null_score_diff_threshold = False, 0.0
+    assert best_answers(examples, features, start_logits, end_logits, args) == ["gamma"]
+
+
+QA_ROWS = [  # (question, context, answer or None)
+    ("Where does Kalo live?", "Kalo lives in Dunton and keeps a brown owl.", "Dunton"),
+    ("What does Mira keep?", "Mira lives in Rafinport and keeps a black goat.", "black goat"),
+    ("Who lives in Gudorport?", "Tamzo lives in Gudorport and likes rice.", "Tamzo"),
+    ("What does Vutam eat?", "Vutam lives in Finsenburg and eats cheese.", "cheese"),
+    ("Where does Pelt live?", "The owl is brown and the goat is black.", None),
+]
+
+
+def qa_file(path: Path, with_unanswerable: bool) -> str:
+    rows = []
+    for i, (question, context, answer) in enumerate(QA_ROWS):
+        if answer is None and not with_unanswerable:
+            continue
+        answers = {"text": [answer], "answer_start": [context.index(answer)]} if answer else {"text": [], "answer_start": []}
+        rows.append({"id": f"q{i}", "question": question, "context": context, "answers": answers})
+    return write_jsonl(path, rows)
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_qa_predicts_the_answers_it_was_trained_to_find(tmp_path, bases, v2, caplog):
+    """Trained to memorise five questions (one unanswerable), the model answers the four it can, in both modes;
+    v1 drops the unanswerable row, and says how many it dropped."""
+    data = qa_file(tmp_path / "qa.jsonl", with_unanswerable=True)
+    config = run_config(tmp_path, "qa", task="question-answering", model_name_or_path=str(bases["encoder"]), train_file=data,
+                        validation_file=data, version_2_with_negative=v2, use_peft=False, max_steps=80, doc_stride=16, learning_rate=0.003,
+                        per_device_train_batch_size=5, max_train_samples=None, max_eval_samples=None, warmup_steps=5)
+    with caplog.at_level(logging.WARNING, logger="trilm.recipes.extractive_qa"):
+        assert trilm(["finetune", "--config", str(config)]) == 0
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    message = ("version_2_with_negative false: dropped 1 of 5 {} rows that have no answer (set it true to train and score on "
+               "unanswerable questions too).")
+    assert dropped == ([] if v2 else [message.format("train"), message.format("validation")])
+    predictions = {row["id"]: row["prediction"] for row in map(json.loads, (tmp_path / "qa" / "predictions.jsonl").read_text().splitlines())}
+    expected = {f"q{i}": answer for i, (_, _, answer) in enumerate(QA_ROWS) if answer}
+    assert {key: predictions[key] for key in expected} == expected
+    assert ("q4" in predictions) is v2  # v1 dropped it from the validation split too
+    metrics = json.loads((tmp_path / "qa" / "metrics.json").read_text())
+    assert metrics["eval_f1"] >= (80 if v2 else 100)
 
 
 def test_squad_scores_follow_the_official_definition():
