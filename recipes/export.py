@@ -24,6 +24,7 @@ from transformers import AutoTokenizer
 import trilm.modeling
 from trilm.modeling.interop import to_transformers
 
+from .alignment import load_merged
 from .args import parse_args
 from .models import FAMILY_OF_MODEL_TYPE, PRETRAINING_HEADS, ModelArguments, adapter_base, checkpoint_family
 from .sft import chat_stops
@@ -58,8 +59,6 @@ class ExportArguments:
 
 def load_checkpoint(path: str):
     """(model in eval mode, tokenizer) of a trilm run folder; a LoRA adapter of a language model merged into its base."""
-    from .alignment import load_merged
-
     model_type, family = checkpoint_family(path)
     if model_type not in FAMILY_OF_MODEL_TYPE:
         raise ValueError(f"{path} holds a transformers {model_type!r} model already: transformers, vLLM and llama.cpp's converter read it as it is.")

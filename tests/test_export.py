@@ -227,3 +227,20 @@ def test_export_refuses_bad_input_before_writing_anything(tmp_path, checkpoints)
         cli(argv)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert cli([*argv, "--overwrite", "true"]) == 0 and (out / "model.safetensors").is_file()
+
+
+def test_a_lora_adapter_of_a_language_model_is_merged_into_its_base(tmp_path, checkpoints):
+    from peft import LoraConfig, get_peft_model
+
+    base = TrilmDecoderForCausalLM_from(checkpoints["decoder"])
+    adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False))
+    adapted.save_pretrained(tmp_path / "adapter")  # its base_model_name_or_path is the decoder folder
+    AutoTokenizer.from_pretrained(checkpoints["decoder"]).save_pretrained(tmp_path / "adapter")
+    x = torch.tensor([AutoTokenizer.from_pretrained(checkpoints["decoder"])(TEXT)["input_ids"]])
+    with torch.no_grad():
+        expected = adapted.eval()(x).logits
+    assert cli(["export", "--model_name_or_path", str(tmp_path / "adapter"), "--output_dir", str(tmp_path / "out")]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(exported).__name__ == "LlamaForCausalLM" and not (tmp_path / "out" / "adapter_config.json").exists()
+    with torch.no_grad():
+        assert (exported(x).logits - expected).abs().max() <= 1e-4
