@@ -23,10 +23,11 @@ def launch_defaults() -> dict:
 
 
 def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str, defaults: dict | None = None) -> tuple:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(dataclass_types, prog=prog)
+    # No prefixes: `--learning_rat 0.001` is an unknown flag, not learning_rate.
+    parser = HfArgumentParser(dataclass_types, prog=prog, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file whose keys give the defaults of the flags below")
     if defaults:
         parser.set_defaults(**defaults)
@@ -103,7 +104,7 @@ def load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
 def peek_option(argv: list[str], name: str):
     """The value of `--name` from the command line, else from the `--config` YAML, before full parsing (a
     recipe picks its argument classes by it, as `task` picks the trainer's)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     pre.add_argument(f"--{name}")
     known, _ = pre.parse_known_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import version
@@ -48,5 +49,23 @@ def main(argv: list[str] | None = None) -> int:
     return COMMANDS[args.command][1](rest)
 
 
+def console_main() -> int:
+    """The `trilm` console script: `main`, with the input errors the recipes raise on purpose (`ValueError`, a
+    missing file) printed as one line, `trilm <command>: error: ...`, exit status 2, as argparse reports its
+    own; `--debug` (or TRILM_DEBUG=1) shows their traceback. Unexpected exceptions keep theirs."""
+    argv = sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("TRILM_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as error:
+        if debug:
+            raise
+        command = argv[0] if argv and not argv[0].startswith("-") else ""
+        message = " ".join(str(error).split())  # one line, also where a message spans several
+        print(f"trilm {command}: error: {message} (--debug shows the traceback)".replace("trilm : ", "trilm: "), file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
