@@ -69,7 +69,7 @@ def start_run(tune_allocator: bool, seed: int) -> float:
 # bf16 on a CPU without bf16 instructions is emulated: measured on 2-core machines of this project, a 512x512
 # matmul ran 50x (AMD EPYC, AVX2) to 130x (Xeon capped to AVX2) slower than in float32, and the tiny
 # presets' steps 10-15x slower. `trilm` therefore turns bf16 on only where the hardware computes it natively.
-BF16_EMULATED_SLOWDOWN = "10-50x"
+BF16_EMULATED_SLOWDOWN = "10-15x (matmuls 50-130x)"
 
 
 def cpu_capability() -> str:
@@ -114,7 +114,7 @@ def bf16_support() -> tuple[bool, str]:
         native = torch.cuda.is_bf16_supported()
         return native, f"cuda {torch.cuda.get_device_name()}: bf16 {'supported' if native else 'not supported'}"
     if torch.backends.mps.is_available():
-        return False, "mps: float32 (bf16 autocast is not used on mps)"
+        return False, "mps: float32 (trilm turns bf16 on only for CUDA GPUs and CPUs with native bf16)"
     native = native_cpu_bf16()
     return native, f"cpu capability {cpu_capability()}, {'native bf16 (AVX512_BF16 or AMX)' if native else 'no native bf16'}"
 
