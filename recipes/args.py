@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from .runtime import resolve_bf16
 
@@ -64,16 +65,16 @@ def take_bf16(argv: list[str], configured) -> tuple[list[str], bool | None]:
 
 
 def parse_bf16(value) -> bool | None:
+    """True or False as HfArgumentParser reads a bool flag, or None for `auto`."""
     if value is None or isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text == "auto":
+    text = str(value).strip()
+    if text.lower() == "auto":
         return None
-    if text in ("true", "yes", "1", "t", "y"):
-        return True
-    if text in ("false", "no", "0", "f", "n"):
-        return False
-    raise ValueError(f"bf16={value!r} is invalid: use true, false or auto (auto, the default, follows the hardware).")
+    try:
+        return string_to_bool(text)
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"bf16={value!r} is invalid: use true, false or auto (auto, the default, follows the hardware).") from None
 
 
 PRESETS = Path(__file__).parent / "configs"

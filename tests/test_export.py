@@ -112,7 +112,7 @@ def read_gguf(folder: Path, name: str):
 
 def test_gguf_export_reads_back_with_the_same_logits_tokens_and_chat_template(tmp_path, checkpoints):
     folder = checkpoints["decoder"]
-    model = TrilmDecoderForCausalLM_from(folder)
+    model = load_decoder(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer(TEXT)["input_ids"]
     x = torch.tensor([ids])
@@ -140,7 +140,7 @@ def test_gguf_export_reads_back_with_the_same_logits_tokens_and_chat_template(tm
     assert (tmp_path / "q8_0" / f"{folder.name}-q8_0.gguf").stat().st_size < 0.4 * (tmp_path / "float32" / f"{folder.name}-float32.gguf").stat().st_size
 
 
-def TrilmDecoderForCausalLM_from(folder: Path):
+def load_decoder(folder: Path):
     return trilm.modeling.TrilmDecoderForCausalLM.from_pretrained(folder).eval()
 
 
@@ -215,7 +215,7 @@ def test_export_refuses_bad_input_before_writing_anything(tmp_path, checkpoints)
             cli(["export", "--model_name_or_path", str(gpt), "--to", target, "--output_dir", str(out)])
         assert not out.exists()
     # A transformers folder is exported already.
-    llama = export.to_transformers(TrilmDecoderForCausalLM_from(checkpoints["decoder"]))
+    llama = export.to_transformers(load_decoder(checkpoints["decoder"]))
     llama.save_pretrained(tmp_path / "llama")
     with pytest.raises(ValueError, match="transformers 'llama' model already"):
         cli(["export", "--model_name_or_path", str(tmp_path / "llama"), "--output_dir", str(out)])
@@ -232,7 +232,7 @@ def test_export_refuses_bad_input_before_writing_anything(tmp_path, checkpoints)
 def test_a_lora_adapter_of_a_language_model_is_merged_into_its_base(tmp_path, checkpoints):
     from peft import LoraConfig, get_peft_model
 
-    base = TrilmDecoderForCausalLM_from(checkpoints["decoder"])
+    base = load_decoder(checkpoints["decoder"])
     adapted = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False))
     adapted.save_pretrained(tmp_path / "adapter")  # its base_model_name_or_path is the decoder folder
     AutoTokenizer.from_pretrained(checkpoints["decoder"]).save_pretrained(tmp_path / "adapter")
