@@ -82,27 +82,9 @@ def translate(
     **generate_kwargs,
 ) -> str | list[str]:
     """Generate the target text for each source text with `model.generate` (beam search, sampling, ...:
-    any `generate` argument). `prefix` is prepended to every input (T5-style task prefixes)."""
-    generate_kwargs.setdefault("max_new_tokens", 128)
-    return _text_to_text(model, tokenizer, texts, prefix, max_input_length, generate_kwargs)
-
-
-@torch.no_grad()
-def summarize(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: str | list[str],
-    prefix: str = "",
-    max_input_length: int | None = None,
-    **generate_kwargs,
-) -> str | list[str]:
-    """Summaries of `texts` with `model.generate`; long inputs are truncated to `max_input_length` tokens
-    (default: the tokenizer's `model_max_length`, capped at the model's `max_position_embeddings`)."""
-    generate_kwargs.setdefault("max_new_tokens", 64)
-    return _text_to_text(model, tokenizer, texts, prefix, max_input_length, generate_kwargs)
-
-
-def _text_to_text(model, tokenizer, texts, prefix, max_input_length, generate_kwargs):
+    any `generate` argument; 128 new tokens unless `max_new_tokens` says otherwise). `prefix` is prepended to
+    every input (T5-style task prefixes); long inputs are truncated to `max_input_length` tokens (default: the
+    tokenizer's `model_max_length`, capped at the model's `max_position_embeddings`)."""
     single = isinstance(texts, str)
     batch = [prefix + text for text in ([texts] if single else texts)]
     if not batch:
@@ -111,6 +93,18 @@ def _text_to_text(model, tokenizer, texts, prefix, max_input_length, generate_kw
     inputs = tokenizer(batch, padding=True, truncation=True, max_length=limit, return_tensors="pt")
     inputs.pop("token_type_ids", None)
     device = next(model.parameters()).device
-    generated = model.generate(**{k: v.to(device) for k, v in inputs.items()}, **generate_kwargs)
+    generated = model.generate(**{k: v.to(device) for k, v in inputs.items()}, **{"max_new_tokens": 128, **generate_kwargs})
     decoded = tokenizer.batch_decode(generated, skip_special_tokens=True)
     return decoded[0] if single else decoded
+
+
+def summarize(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: str | list[str],
+    prefix: str = "",
+    max_input_length: int | None = None,
+    **generate_kwargs,
+) -> str | list[str]:
+    """Summaries of `texts`: `translate` with shorter outputs by default (64 new tokens)."""
+    return translate(model, tokenizer, texts, prefix, max_input_length, **{"max_new_tokens": 64, **generate_kwargs})

@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .args import parse_args
-from .runtime import cpu_capability, native_cpu_bf16, tune_cpu_allocator
+from trilm.modeling.interop import to_transformers
 
-FAMILIES = ("decoder", "encoder", "seq2seq")
+from .common.args import parse_args
+from .common.models import CONFIGS, FAMILIES, PRETRAINING_HEADS
+from .common.runtime import cpu_capability, native_cpu_bf16, tune_cpu_allocator
+
 
 
 @dataclass
@@ -65,21 +67,13 @@ class BenchArguments:
 
 # ------------------------------------------------------------------------------------------ models
 def build(args: BenchArguments) -> dict[str, torch.nn.Module]:
-    """The trilm model and, with --compare, the reference converted from it (identical weights)."""
-    from trilm.configuration import TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq2SeqConfig
-    from trilm.modeling import TrilmDecoderForCausalLM, TrilmEncoderForMaskedLM, TrilmSeq2SeqForConditionalGeneration
-    from trilm.modeling.interop import to_transformers
-
-    config_class, model_class = {
-        "decoder": (TrilmDecoderConfig, TrilmDecoderForCausalLM),
-        "encoder": (TrilmEncoderConfig, TrilmEncoderForMaskedLM),
-        "seq2seq": (TrilmSeq2SeqConfig, TrilmSeq2SeqForConditionalGeneration),
-    }[args.family]
+    """The trilm model (the family's pretraining head) and, with --compare, the reference converted from it
+    (identical weights)."""
     torch.manual_seed(args.seed)
-    config = config_class(**args.model)
+    config = CONFIGS[args.family](**args.model)
     if args.attn_implementation:
         config._attn_implementation = args.attn_implementation
-    models = {"trilm": model_class(config)}
+    models = {"trilm": PRETRAINING_HEADS[args.family].from_config(config)}
     if args.compare:
         models["reference"] = to_transformers(models["trilm"])
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -308,8 +302,6 @@ def run(args: BenchArguments) -> dict:
         if "train" in report and "reference" in models:
             # Each model trained with its own optimizer and drifted by float noise: compare generation
             # on identical weights again.
-            from trilm.modeling.interop import to_transformers
-
             models["reference"] = to_transformers(models["trilm"])
         report["generate"] = bench_generate(models, args, device)
     print_table(report)

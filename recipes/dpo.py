@@ -1,5 +1,5 @@
 """`trilm dpo`: direct preference optimisation on TRL's `DPOTrainer`, on the preference formats of
-`trilm reward` (`recipes/alignment.py`).
+`trilm reward` (`common/preferences.py`).
 
     trilm dpo --model_name_or_path runs/sft [--key value ...]          # built-in corpus pairs
     trilm dpo --config dpo-hh.yaml --model_name_or_path runs/sft        # HH-RLHF as published
@@ -13,20 +13,21 @@ margins, and greedy answer accuracy on held-out questions before and after, wher
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-from .alignment import AlignmentArguments, check_max_length, check_reference, load_merged, preference_dataset
-from .args import launch_defaults, parse_args
-from .data import DataArguments, load_raw_datasets
-from .finetune import FinetuneModelArguments, check_adapter_options, check_family, finish
-from .models import load_tokenizer, resolve_family
-from .output import final_metrics
-from .runtime import start_run
-from .sft import after_training, before_training, held_out_questions, turn_texts
+from .common.answers import answer_metrics, held_out_questions
+from .common.args import launch_defaults, parse_args
+from .common.chat import turn_texts
+from .common.data import DataArguments, load_raw_datasets
+from .common.lora import LoraModelArguments, check_adapter_options, load_merged, lora_config
+from .common.models import check_family, load_tokenizer, resolve_family
+from .common.output import TuningArguments, final_metrics, finish, record_arguments
+from .common.preferences import check_max_length, check_reference, preference_dataset
+from .common.runtime import start_run
 
 
-def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: DPOConfig):
+def run(model_args: LoraModelArguments, data_args: DataArguments, args: TuningArguments, training_args: DPOConfig):
     start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
-    check_family("dpo", ("decoder",), family)
+    check_family("trilm dpo", ("decoder",), family)
     check_adapter_options(args.merge, model_args, training_args)
     check_reference(model_args, training_args.beta)
     raw = load_raw_datasets(data_args, "preferences")
@@ -35,8 +36,12 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
     tokenizer = load_tokenizer(model_args, family, texts=turn_texts(pairs["train"], ("prompt", "chosen", "rejected")))
     model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)
     training_args.max_length = check_max_length(training_args.max_length, model.config)
+    metrics = {}
+    if training_args.do_train:
+        metrics, _ = answer_metrics(model, tokenizer, questions, args.max_new_tokens, "_before_training")
+    peft_config = lora_config(model, model_args, "CAUSAL_LM") if model_args.use_peft else None
     arguments = (model_args, data_args, args, training_args)
-    metrics, peft_config = before_training(model, tokenizer, arguments, questions, model_args.use_peft)
+    record_arguments(arguments)
     trainer = DPOTrainer(
         model=model,
         args=training_args,
@@ -49,12 +54,13 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
     if trainer.eval_dataset is not None:
         metrics |= trainer.evaluate()
-    rows = after_training(trainer, tokenizer, questions, args.max_new_tokens, metrics)
-    finish(trainer, tokenizer, arguments, metrics, rows, start, "dpo")
+    after, rows = answer_metrics(trainer.model, tokenizer, questions, args.max_new_tokens)
+    metrics |= after
+    finish(trainer, tokenizer, "dpo", arguments, metrics, rows, start)
     return trainer, metrics
 
 
-ARGUMENT_TYPES = (FinetuneModelArguments, DataArguments, AlignmentArguments, DPOConfig)
+ARGUMENT_TYPES = (LoraModelArguments, DataArguments, TuningArguments, DPOConfig)
 
 
 def parse(argv: list[str]) -> tuple:

@@ -24,10 +24,10 @@ from transformers import AutoTokenizer
 import trilm.modeling
 from trilm.modeling.interop import to_transformers
 
-from .alignment import load_merged
-from .args import parse_args
-from .models import FAMILY_OF_MODEL_TYPE, PRETRAINING_HEADS, ModelArguments, adapter_base, checkpoint_family
-from .sft import chat_stops
+from .common.args import parse_args
+from .common.chat import chat_stops
+from .common.lora import load_merged
+from .common.models import FAMILY_OF_MODEL_TYPE, PRETRAINING_HEADS, ModelArguments, adapter_base, checkpoint_family
 
 TARGETS = ("transformers", "gguf")
 GGUF_DTYPES = ("float32", "float16", "bfloat16", "q8_0")

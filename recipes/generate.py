@@ -18,20 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    GenerationConfig,
-    TextStreamer,
-)
+from transformers import AutoTokenizer, GenerationConfig, TextStreamer
 
-from .args import parse_args
-from .models import ModelArguments, checkpoint_family
-from .output import write_jsonl
+from .common.args import parse_args
+from .common.chat import assistant_turn, chat_stops, render_prompt, user_turn
+from .common.lora import load_merged
+from .common.models import PRETRAINING_HEADS, ModelArguments, checkpoint_family
+from .common.output import write_jsonl
 
-HEADS = {"decoder": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModelForMaskedLM}
 EXIT_WORDS = ("/exit", "/quit")
 
 
@@ -69,15 +63,13 @@ class GenerateArguments:
 
 def load(args: GenerateArguments):
     """(family, model in eval mode, tokenizer) of a checkpoint or adapter folder (merged into its base)."""
-    from .alignment import load_merged
-
     name = args.model_name_or_path
     hub_name = not name.startswith(("/", ".", "~")) and name.count("/") <= 1  # "namespace/name" or "name"
     if not Path(name).exists() and not hub_name:
         raise ValueError(f"model_name_or_path={args.model_name_or_path} not found: no such folder (nor a Hub name).")
     _, family = checkpoint_family(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    model = load_merged(ModelArguments(model_name_or_path=args.model_name_or_path), family, tokenizer, HEADS[family])
+    model = load_merged(ModelArguments(model_name_or_path=args.model_name_or_path), family, tokenizer, PRETRAINING_HEADS[family])
     return family, model.eval(), tokenizer
 
 
@@ -132,7 +124,7 @@ def fill_mask(model, tokenizer, text: str, count: int) -> list[list[tuple[str, f
 
 def chat_loop(model, tokenizer, args: GenerateArguments, config: GenerationConfig, extra: dict) -> list[dict]:
     """Read user turns from stdin until end of input or /exit, answering each with the whole conversation."""
-    messages = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+    messages = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []  # a system turn only here
     rows = []
     print(f"chatting with {args.model_name_or_path}; end with {EXIT_WORDS[0]} or end of input", flush=True)
     for line in sys.stdin:
@@ -141,11 +133,10 @@ def chat_loop(model, tokenizer, args: GenerateArguments, config: GenerationConfi
             break
         if not turn:
             continue
-        messages.append({"role": "user", "content": turn})
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        messages += user_turn(turn)
         print("assistant: ", end="", flush=True)
-        answer = reply(model, tokenizer, text, args, config, extra, special=False)
-        messages.append({"role": "assistant", "content": answer})
+        answer = reply(model, tokenizer, render_prompt(tokenizer, messages), args, config, extra, special=False)
+        messages += assistant_turn(answer)
         rows.append({"prompt": turn, "output": answer})
     return rows
 
@@ -157,8 +148,6 @@ def run(args: GenerateArguments) -> list[dict]:
         raise ValueError(f"--chat true talks to a decoder; {args.model_name_or_path} holds a {family} model.")
     if (args.chat or args.use_chat_template) and tokenizer.chat_template is None:
         raise ValueError(f"The tokenizer of {args.model_name_or_path} has no chat template: give plain prompts (use_chat_template false).")
-    from .sft import chat_stops
-
     templated = family == "decoder" and (args.chat or args.use_chat_template)
     config, extra = generation_config(args, model, tokenizer, chat_stops(tokenizer) if templated else None) if family != "encoder" else (None, {})
     if args.chat:
@@ -172,7 +161,7 @@ def run(args: GenerateArguments) -> list[dict]:
                 rows.append({"prompt": prompt, "candidates": fill_mask(model, tokenizer, prompt, args.num_candidates)})
                 continue
             if templated:
-                text, special = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False), False
+                text, special = render_prompt(tokenizer, prompt), False
             else:
                 text, special = args.source_prefix + prompt, family == "seq2seq"  # seq2seq inputs end with EOS
             rows.append({"prompt": prompt, "output": reply(model, tokenizer, text, args, config, extra, special)})

@@ -4,7 +4,7 @@ encoder, causal LM on packed documents for the decoder, T5's span corruption for
     trilm pretrain --config recipes/configs/pretrain-decoder-tiny.yaml [--key value ...]
     torchrun --nproc_per_node 2 -m trilm.recipes.cli pretrain --config ...   # DDP, CPU or GPU
 
-Parse -> load data -> tokenizer and model -> pack -> train -> write the output folder (`recipes/output.py`).
+Parse -> load data -> tokenizer and model -> pack -> train -> write the output folder (`common/output.py`).
 """
 
 import itertools
@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
-from .args import launch_defaults, parse_args
-from .collators import CausalLMCollator, SeededCollator, SpanCorruptionCollator, span_corruption_lengths
-from .data import DataArguments, load_raw_datasets, pack_texts, require_columns, text_rows
-from .models import ModelArguments, load_model, load_tokenizer, resolve_family
-from .output import final_metrics, save_run, write_arguments
-from .runtime import start_run
+from .common.args import launch_defaults, parse_args
+from .common.collators import CausalLMCollator, SeededCollator, SpanCorruptionCollator, span_corruption_lengths
+from .common.data import DataArguments, load_raw_datasets, pack_texts, require_columns, text_rows
+from .common.models import ModelArguments, load_model, load_tokenizer, resolve_family
+from .common.output import final_metrics, record_arguments, save_run
+from .common.runtime import RunArguments, start_run
 
 
 @dataclass
-class PretrainArguments:
+class PretrainArguments(RunArguments):
     mlm_probability: float = field(default=0.15, metadata={"help": "encoder: share of tokens masked"})
     whole_word_mask: bool = field(default=False, metadata={"help": "encoder: mask every sub-token of a chosen word"})
     separate_documents: bool = field(
@@ -33,7 +33,6 @@ class PretrainArguments:
     )
     noise_density: float = field(default=0.15, metadata={"help": "seq2seq: share of tokens corrupted"})
     mean_noise_span_length: float = field(default=3.0, metadata={"help": "seq2seq: mean length of a corrupted span"})
-    tune_cpu_allocator: bool = field(default=True, metadata={"help": "on CPU, keep freed memory in the heap (~20%% faster steps)"})
 
 
 def objective(family: str, tokenizer, args: PretrainArguments, block_size: int, seed: int):
@@ -79,10 +78,8 @@ def run(
         }
     if hasattr(packed["train"], "__len__") and len(packed["train"]) == 0:
         raise ValueError(f"The training text holds fewer than block_size={read_length} tokens: lower block_size or add text.")
-    training_args.remove_unused_columns = False  # the collators read exactly the packed columns
     arguments = (model_args, data_args, args, training_args)
-    if training_args.process_index == 0:
-        write_arguments(training_args.output_dir, *arguments)
+    record_arguments(arguments)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -103,7 +100,11 @@ def run(
 ARGUMENT_TYPES = (ModelArguments, DataArguments, PretrainArguments, TrainingArguments)
 
 
+def parse(argv: list[str]) -> tuple:
+    # remove_unused_columns false: the collators read exactly the packed columns.
+    return parse_args(ARGUMENT_TYPES, argv, "trilm pretrain", {**launch_defaults(), "remove_unused_columns": False})
+
+
 def main(argv: list[str]) -> int:
-    arguments = parse_args(ARGUMENT_TYPES, argv, "trilm pretrain", launch_defaults())
-    run(*arguments)
+    run(*parse(argv))
     return 0

@@ -11,8 +11,8 @@ or `HF_TOKEN`).
 
 from dataclasses import dataclass, field
 
-from .args import parse_args
-from .output import push_folder
+from .common.args import parse_args
+from .common.output import push_folder
 
 
 @dataclass

@@ -6,27 +6,28 @@
 The model is the decoder's sequence-classification head (`TrilmDecoderForSequenceClassification`, one label,
 the `score` head reading the last non-pad token) on a decoder checkpoint, trained in full or with LoRA.
 Pairs are `prompt`/`chosen`/`rejected` rows, `chosen`/`rejected` conversations, or HH-RLHF text
-(`recipes/alignment.py`). Metric: on the held-out pairs, the share where chosen scores above rejected
+(`common/preferences.py`). Metric: on the held-out pairs, the share where chosen scores above rejected
 (`eval_reward_accuracy`) and the mean margin (`eval_reward_margin`).
 """
 
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
-from .alignment import AlignmentArguments, check_max_length, check_pairs_kept, load_merged, pairwise_metrics, preference_dataset
-from .args import launch_defaults, parse_args
-from .data import DataArguments, load_raw_datasets
-from .finetune import FinetuneModelArguments, add_lora, check_adapter_options, check_family, finish
-from .models import load_tokenizer, resolve_family
-from .output import final_metrics, write_arguments
-from .runtime import start_run
-from .sft import turn_texts
+from .common.args import launch_defaults, parse_args
+from .common.chat import turn_texts
+from .common.data import DataArguments, load_raw_datasets
+from .common.lora import LoraModelArguments, add_lora, check_adapter_options, load_merged
+from .common.models import check_family, load_tokenizer, resolve_family
+from .common.output import TuningArguments, final_metrics, finish, record_arguments
+from .common.preferences import check_max_length, check_pairs_kept, preference_dataset
+from .common.rewards import pairwise_metrics
+from .common.runtime import start_run
 
 
-def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: AlignmentArguments, training_args: RewardConfig):
+def run(model_args: LoraModelArguments, data_args: DataArguments, args: TuningArguments, training_args: RewardConfig):
     start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
-    check_family("reward", ("decoder",), family)
+    check_family("trilm reward", ("decoder",), family)
     check_adapter_options(args.merge, model_args, training_args)
     pairs = preference_dataset(load_raw_datasets(data_args, "preferences"))
     tokenizer = load_tokenizer(model_args, family, texts=turn_texts(pairs["train"], ("prompt", "chosen", "rejected")))
@@ -35,8 +36,7 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
     if model_args.use_peft:
         model = add_lora(model, model_args, "SEQ_CLS")
     arguments = (model_args, data_args, args, training_args)
-    if training_args.process_index == 0:
-        write_arguments(training_args.output_dir, *arguments)
+    record_arguments(arguments)
     trainer = RewardTrainer(
         model=model,
         args=training_args,
@@ -51,11 +51,11 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: Alig
     if trainer.eval_dataset is not None:
         metrics |= trainer.evaluate()  # TRL's batch-averaged eval_accuracy / eval_margin; below, the exact ones
         metrics |= pairwise_metrics(trainer.model, trainer.eval_dataset, tokenizer.pad_token_id)
-    finish(trainer, tokenizer, arguments, metrics, [], start, "reward")
+    finish(trainer, tokenizer, "reward", arguments, metrics, [], start)
     return trainer, metrics
 
 
-ARGUMENT_TYPES = (FinetuneModelArguments, DataArguments, AlignmentArguments, RewardConfig)
+ARGUMENT_TYPES = (LoraModelArguments, DataArguments, TuningArguments, RewardConfig)
 
 
 def parse(argv: list[str]) -> tuple:

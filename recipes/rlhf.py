@@ -1,6 +1,6 @@
 """`trilm rlhf`: online reinforcement learning from rewards, on TRL's `GRPOTrainer` (`algorithm: grpo`, the
 default) or `RLOOTrainer` (`algorithm: rloo`), or classic actor-critic PPO (`algorithm: ppo`, trilm's
-`PPOTrainer` in `recipes/ppo.py`, with a value model).
+`PPOTrainer` in `common/ppo.py`, with a value model).
 
     trilm rlhf --model_name_or_path runs/sft --reward_model_name_or_path runs/reward [--key value ...]
     trilm rlhf --config rlhf-grpo.yaml --model_name_or_path runs/sft --reward_funcs my_rewards:brevity
@@ -13,7 +13,7 @@ updated `num_iterations: 2` times per generation batch) and a KL penalty to the 
 head. Rewards, weighted by `reward_weights` in this order: each reward model folder of `reward_model_name_or_path` (a `trilm reward` run, with the policy's tokenizer), then each of
 `reward_funcs` (`module:function` called as TRL calls reward functions, or `answer_reward`, the built-in
 corpus's answer checker, the default on the built-in corpus). Prompts: `prompt`, `question` or `messages`
-rows (`recipes/alignment.py`), by default the built-in corpus's `prompts` (questions about people and
+rows (`common/preferences.py`), by default the built-in corpus's `prompts` (questions about people and
 operand pairs that no SFT demonstration answered). Metric: greedy answer
 accuracy on held-out questions before and after, where answers can be checked.
 """
@@ -24,22 +24,17 @@ from dataclasses import dataclass, field
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from .alignment import (
-    AlignmentArguments,
-    check_reference,
-    check_reward_tokenizer,
-    import_reward,
-    load_merged,
-    prompt_dataset,
-)
-from .args import launch_defaults, parse_args, peek_option
-from .data import DataArguments, load_raw_datasets
-from .finetune import FinetuneModelArguments, check_adapter_options, check_family, finish
-from .models import ModelArguments, load_tokenizer, resolve_family
-from .output import final_metrics
-from .ppo import PPOConfig, PPOTrainer, check_rollout_batch
-from .runtime import start_run
-from .sft import after_training, before_training, held_out_questions, turn_texts
+from .common.answers import answer_metrics, held_out_questions
+from .common.args import launch_defaults, parse_args, peek_option
+from .common.chat import turn_texts
+from .common.data import DataArguments, load_raw_datasets
+from .common.lora import LoraModelArguments, check_adapter_options, load_merged, lora_config
+from .common.models import ModelArguments, check_family, load_tokenizer, resolve_family
+from .common.output import TuningArguments, final_metrics, finish, record_arguments
+from .common.ppo import PPOConfig, PPOTrainer, check_rollout_batch
+from .common.preferences import check_reference, prompt_dataset
+from .common.rewards import check_reward_tokenizer, import_reward
+from .common.runtime import start_run
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer), "ppo": (PPOConfig, PPOTrainer)}
 # GRPO and RLOO PPO-style by default: clipping acts (two updates per generation batch) and a KL penalty to
@@ -55,7 +50,7 @@ LOGGED = {
 
 
 @dataclass
-class RLHFArguments(AlignmentArguments):
+class RLHFArguments(TuningArguments):
     algorithm: str = field(default="grpo", metadata={"help": f"{', '.join(ALGORITHMS)}"})
     reward_model_name_or_path: list[str] | None = field(default=None, metadata={"help": "reward model folders (trilm reward runs)"})
     reward_funcs: list[str] | None = field(default=None, metadata={"help": "reward functions: module:function, or answer_reward"})
@@ -145,10 +140,10 @@ def training_summary(log_history: list[dict], algorithm: str = "grpo") -> dict:
     }
 
 
-def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHFArguments, training_args: GRPOConfig | RLOOConfig):
+def run(model_args: LoraModelArguments, data_args: DataArguments, args: RLHFArguments, training_args: GRPOConfig | RLOOConfig):
     start = start_run(args.tune_cpu_allocator, training_args.seed)
     family = resolve_family(model_args)
-    check_family("rlhf", ("decoder",), family)
+    check_family("trilm rlhf", ("decoder",), family)
     check_adapter_options(args.merge, model_args, training_args)
     if args.algorithm != "ppo":  # PPO's reference is the starting policy itself (adapter disabled, or a frozen copy)
         check_reference(model_args, training_args.beta)
@@ -163,8 +158,12 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     if args.algorithm == "ppo":
         check_rollout_batch(prompts["train"], training_args)
         critic = value_model(args, model, tokenizer)
+    metrics = {}
+    if training_args.do_train:
+        metrics, _ = answer_metrics(model, tokenizer, questions, args.max_new_tokens, "_before_training")
+    peft_config = lora_config(model, model_args, "CAUSAL_LM") if model_args.use_peft else None
     arguments = (model_args, data_args, args, training_args)
-    metrics, peft_config = before_training(model, tokenizer, arguments, questions, model_args.use_peft)
+    record_arguments(arguments)
     _, trainer_class = ALGORITHMS[args.algorithm]
     if args.algorithm == "ppo":
         trainer = PPOTrainer(model=model, value_model=critic, reward_funcs=rewards, args=training_args,
@@ -182,8 +181,9 @@ def run(model_args: FinetuneModelArguments, data_args: DataArguments, args: RLHF
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
         metrics |= training_summary(trainer.state.log_history, args.algorithm)
-    rows = after_training(trainer, tokenizer, questions, args.max_new_tokens, metrics)
-    finish(trainer, tokenizer, arguments, metrics, rows, start, "rlhf")
+    after, rows = answer_metrics(trainer.model, tokenizer, questions, args.max_new_tokens)
+    metrics |= after
+    finish(trainer, tokenizer, "rlhf", arguments, metrics, rows, start)
     return trainer, metrics
 
 
@@ -193,7 +193,7 @@ def parse(argv: list[str]) -> tuple:
         raise ValueError(f"algorithm={algorithm!r} does not exist: give --algorithm (or algorithm: in the YAML) as one of {', '.join(ALGORITHMS)}.")
     config_class, _ = ALGORITHMS[algorithm]
     defaults = {**launch_defaults(), **DEFAULTS[algorithm], "do_train": True}
-    return parse_args((FinetuneModelArguments, DataArguments, RLHFArguments, config_class), argv, "trilm rlhf", defaults)
+    return parse_args((LoraModelArguments, DataArguments, RLHFArguments, config_class), argv, "trilm rlhf", defaults)
 
 
 def main(argv: list[str]) -> int:

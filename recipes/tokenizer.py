@@ -17,8 +17,8 @@ from transformers import PreTrainedTokenizerFast
 from trilm.tokenization import FAMILIES, KINDS, train_tokenizer
 from trilm.tokenization.tokenization_trilm import _capped, read_texts
 
-from .args import parse_args
-from .data import file_builder
+from .common.args import parse_args
+from .common.data import file_builder
 
 
 @dataclass

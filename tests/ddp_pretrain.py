@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from trilm.recipes import output, pretrain
+from trilm.recipes import pretrain
+from trilm.recipes.common import output
 
 config, report_dir = sys.argv[1], Path(sys.argv[2])
 wrote = {"output": False}

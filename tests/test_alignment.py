@@ -11,9 +11,10 @@ import yaml
 from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trilm.recipes import alignment, rlhf
+from trilm.recipes import rlhf
+from trilm.recipes.common import preferences, rewards
 from trilm.recipes.cli import main as trilm
-from trilm.recipes.models import CONFIGS
+from trilm.recipes.common.models import CONFIGS
 from trilm.tokenization import config_values, train_tokenizer
 
 SIZES = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "max_position_embeddings": 128}
@@ -85,7 +86,7 @@ def test_a_reward_model_learns_separable_pairs_and_reloads(tmp_path, sft):
     assert type(model).__name__ == "TrilmDecoderForSequenceClassification" and model.config.num_labels == 1
     tokenizer = AutoTokenizer.from_pretrained(folder)
     chats = [[{"role": "user", "content": "Say something about green storm."}, {"role": "assistant", "content": reply}] for reply in ("yes yes", "no no")]
-    chosen, rejected = alignment.score_conversations(model, tokenizer, chats)
+    chosen, rejected = rewards.score_conversations(model, tokenizer, chats)
     assert chosen > rejected
 
 
@@ -103,12 +104,12 @@ def test_a_lora_reward_model_reloads_with_auto_peft(tmp_path, sft):
 def test_hh_rlhf_text_becomes_prompt_and_replies():
     chosen = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell me a joke\n\nAssistant: Why did the owl laugh?"
     rejected = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell me a joke\n\nAssistant: No."
-    row = alignment.preference_row({"chosen": chosen, "rejected": rejected})
+    row = preferences.preference_row({"chosen": chosen, "rejected": rejected})
     assert [turn["role"] for turn in row["prompt"]] == ["user", "assistant", "user"]
     assert row["prompt"][-1]["content"] == "Tell me a joke"
     assert row["chosen"] == [{"role": "assistant", "content": "Why did the owl laugh?"}]
     assert row["rejected"] == [{"role": "assistant", "content": "No."}]
-    plain = alignment.preference_row({"prompt": "2+2?", "chosen": "4", "rejected": "5"})
+    plain = preferences.preference_row({"prompt": "2+2?", "chosen": "4", "rejected": "5"})
     assert plain == {"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}],
                      "rejected": [{"role": "assistant", "content": "5"}]}
 

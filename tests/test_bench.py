@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from trilm.recipes.cli import main as trilm
-from trilm.recipes.runtime import tune_cpu_allocator
+from trilm.recipes.common.runtime import tune_cpu_allocator
 
 from .conftest import TINY
 

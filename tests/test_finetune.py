@@ -14,13 +14,13 @@ from peft import AutoPeftModelForSequenceClassification, PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM
 
 from trilm.recipes import finetune
-from trilm.recipes.classification import align_labels
+from trilm.recipes.tasks.classification import align_labels
 from trilm.recipes.cli import main as trilm
 from trilm.recipes.corpus import build_corpus
-from trilm.recipes.data import read_conll, read_squad
-from trilm.recipes.extractive_qa import answer_positions, best_answers, squad_scores, window_features
-from trilm.recipes.models import CONFIGS
-from trilm.recipes.sft import to_conversation
+from trilm.recipes.common.data import read_conll, read_squad
+from trilm.recipes.tasks.extractive_qa import answer_positions, best_answers, squad_scores, window_features
+from trilm.recipes.common.models import CONFIGS
+from trilm.recipes.tasks.sft import to_conversation
 from trilm.tokenization import config_values, train_tokenizer
 
 SIZES = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "max_position_embeddings": 128}
@@ -289,7 +289,7 @@ def test_qa_predicts_the_answers_it_was_trained_to_find(tmp_path, bases, v2, cap
     config = run_config(tmp_path, "qa", task="question-answering", model_name_or_path=str(bases["encoder"]), train_file=data,
                         validation_file=data, version_2_with_negative=v2, use_peft=False, max_steps=80, doc_stride=16, learning_rate=0.003,
                         per_device_train_batch_size=5, max_train_samples=None, max_eval_samples=None, warmup_steps=5)
-    with caplog.at_level(logging.WARNING, logger="trilm.recipes.extractive_qa"):
+    with caplog.at_level(logging.WARNING, logger="trilm.recipes.tasks.extractive_qa"):
         assert trilm(["finetune", "--config", str(config)]) == 0
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     message = ("version_2_with_negative false: dropped 1 of 5 {} rows that have no answer (set it true to train and score on "
@@ -403,8 +403,8 @@ def test_qlora_quantizes_as_trl_configures_and_refuses_a_merge_float32_adapters_
 
     from trl import ModelConfig
 
-    from trilm.recipes.finetune import check_adapter_options
-    from trilm.recipes.models import ModelArguments, quantization_kwargs
+    from trilm.recipes.common.lora import check_adapter_options
+    from trilm.recipes.common.models import ModelArguments, quantization_kwargs
     from trilm.recipes.rlhf import check_ppo_policy
 
     kwargs = quantization_kwargs(ModelConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", use_bnb_nested_quant=True, dtype="bfloat16"))

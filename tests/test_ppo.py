@@ -10,7 +10,8 @@ from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trilm.recipes import ppo, rlhf
+from trilm.recipes import rlhf
+from trilm.recipes.common import ppo
 from trilm.recipes.cli import main as trilm
 from trilm.tokenization import train_tokenizer
 
@@ -183,9 +184,9 @@ def test_ppo_refuses_num_mini_batches_that_do_not_divide_the_rollout_batch(tmp_p
 
 
 def test_ppo_refuses_fewer_prompts_than_one_rollout_batch(tmp_path, sft, monkeypatch):
-    from trilm.recipes import sft as sft_module
+    from trilm.recipes.common import answers
 
-    monkeypatch.setattr(sft_module, "answer_accuracy", lambda *a, **k: pytest.fail("held-out answers measured first"))
+    monkeypatch.setattr(answers, "answer_accuracy", lambda *a, **k: pytest.fail("held-out answers measured first"))
     # The built-in corpus, cut to 8 training questions (its held-out questions would be answered first).
     config = run_config(tmp_path, "bad", model_name_or_path=str(sft), max_train_samples=8, **PPO)
     with pytest.raises(ValueError, match=r"has 8 rows, fewer than one rollout batch \(16 per process x 1 processes\)"):
@@ -193,14 +194,14 @@ def test_ppo_refuses_fewer_prompts_than_one_rollout_batch(tmp_path, sft, monkeyp
 
 
 def test_ppo_refuses_a_value_model_of_another_tokenizer(tmp_path, sft, no_training, monkeypatch):
-    from trilm.recipes import sft as sft_module
+    from trilm.recipes.common import answers
 
     other = tmp_path / "other"
     model = AutoModelForSequenceClassification.from_pretrained(sft, num_labels=1)
     model.save_pretrained(other)
     train_tokenizer(texts=["entirely different words here"] * 50, kind="bpe", family="decoder", vocab_size=300).save_pretrained(other)
     config = run_config(tmp_path, "bad", model_name_or_path=str(sft), value_model_name_or_path=str(other), **PPO)  # built-in corpus
-    monkeypatch.setattr(sft_module, "answer_accuracy", lambda *a, **k: pytest.fail("held-out answers measured first"))
+    monkeypatch.setattr(answers, "answer_accuracy", lambda *a, **k: pytest.fail("held-out answers measured first"))
     with pytest.raises(ValueError, match="value model .* has a different tokenizer"):
         trilm(["rlhf", "--config", str(config)])
     grpo = run_config(tmp_path, "grpo", model_name_or_path=str(sft), train_file=prompts_file(tmp_path), value_model_name_or_path=str(other))

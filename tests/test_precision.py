@@ -8,9 +8,9 @@ import torch
 import yaml
 from transformers import TrainingArguments
 
-from trilm.recipes import runtime
-from trilm.recipes.args import parse_args
-from trilm.recipes.output import write_arguments
+from trilm.recipes.common import runtime
+from trilm.recipes.common.args import parse_args
+from trilm.recipes.common.output import write_arguments
 
 
 def machine(monkeypatch, *, cuda=None, capability="AVX2", avx512_bf16=False, amx=False, onednn=True, arch="x86_64"):
@@ -59,14 +59,14 @@ def test_bf16_unset_follows_the_hardware(monkeypatch, tmp_path, hardware, expect
 
 def test_explicit_bf16_true_is_kept_with_one_warning_where_emulated(monkeypatch, tmp_path, caplog):
     machine(monkeypatch, capability="AVX2")
-    with caplog.at_level(logging.WARNING, logger="trilm.recipes.runtime"):
+    with caplog.at_level(logging.WARNING, logger="trilm.recipes.common.runtime"):
         args = parsed_bf16(["--bf16", "true"], tmp_path)
     assert args.bf16 is True and args.bf16_reason.startswith("set: ")
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "emulated" in warnings[0] and "slower" in warnings[0] and "AVX2" in warnings[0]
     caplog.clear()
     machine(monkeypatch, capability="AVX512", amx=True)  # where it is native, no warning
-    with caplog.at_level(logging.WARNING, logger="trilm.recipes.runtime"):
+    with caplog.at_level(logging.WARNING, logger="trilm.recipes.common.runtime"):
         assert parsed_bf16(["--bf16=true"], tmp_path).bf16 is True
     assert not caplog.records
 

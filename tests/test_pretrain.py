@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelFo
 from trilm.modeling import TrilmDecoderForCausalLM
 from trilm.recipes import pretrain
 from trilm.recipes.cli import main as trilm
-from trilm.recipes.collators import CausalLMCollator, SpanCorruptionCollator, span_corruption_lengths
+from trilm.recipes.common.collators import CausalLMCollator, SpanCorruptionCollator, span_corruption_lengths
 from trilm.recipes.corpus import KINDS, build_corpus, check_answer, load_builtin, write_corpus
 
 from .conftest import tiny_decoder_config
@@ -307,7 +307,7 @@ def test_every_preset_parses(tmp_path):
 
 
 def test_a_second_run_reads_its_packed_blocks_from_the_datasets_cache(tmp_path):
-    from trilm.recipes.data import DataArguments, load_raw_datasets, pack_texts
+    from trilm.recipes.common.data import DataArguments, load_raw_datasets, pack_texts
     from trilm.tokenization import byte_level_tokenizer
 
     text = tmp_path / "book.txt"

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 from trilm.modeling import TrilmEncoderModel
 from trilm.modeling.interop import from_sentence_transformers
-from trilm.recipes.models import ModelArguments, load_model
+from trilm.recipes.common.models import ModelArguments, load_model
 
 from .conftest import tiny_encoder_config
 

@@ -77,7 +77,7 @@ def parse_bf16(value) -> bool | None:
         raise ValueError(f"bf16={value!r} is invalid: use true, false or auto (auto, the default, follows the hardware).") from None
 
 
-PRESETS = Path(__file__).parent / "configs"
+PRESETS = Path(__file__).parents[1] / "configs"  # recipes/configs
 
 
 def preset_path(path: str) -> str:

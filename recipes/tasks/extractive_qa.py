@@ -11,8 +11,8 @@ import string
 import numpy as np
 from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding
 
-from .data import load_raw_datasets, require_columns
-from .task import Features, Task
+from ..common.data import load_raw_datasets, require_columns
+from . import Features, Task
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
     return {name: float(value) for name, value in scores.items()}
 
 
-def prepare(raw, tokenizer, data_args, args, training_args, max_length: int) -> Features:
+def prepare(raw, tokenizer, data_args, args, training_args, max_length: int, class_names=None) -> Features:
     if not tokenizer.is_fast:
         raise ValueError("question-answering needs a fast tokenizer (offsets map answers to characters).")
     columns = (args.question_column_name, args.context_column_name, args.answer_column_name)

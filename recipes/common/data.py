@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import load_builtin
+from .builtin import load_builtin
 
 # File suffix (after any .gz) -> the `datasets` builder that reads it.
 BUILDERS = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}

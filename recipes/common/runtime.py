@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,13 @@ def tune_cpu_allocator(keep_freed_memory: bool = True) -> bool:
     if not any(mallopt(M_MMAP_THRESHOLD, value) == 1 for value in mmap_thresholds):
         return False
     return mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
+
+
+@dataclass
+class RunArguments:
+    """What every training recipe takes besides the libraries' arguments."""
+
+    tune_cpu_allocator: bool = field(default=True, metadata={"help": "on CPU, keep freed memory in the heap (~20%% faster steps)"})
 
 
 def start_run(tune_allocator: bool, seed: int) -> float:

@@ -6,11 +6,22 @@ import dataclasses
 import enum
 import json
 import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .runtime import hardware_record
+from .models import FAMILY_OF_MODEL_TYPE
+from .runtime import RunArguments, hardware_record
+
+
+@dataclass
+class TuningArguments(RunArguments):
+    """What every recipe that tunes a model takes (`finetune`, `reward`, `dpo`, `rlhf`)."""
+
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens generated per held-out question (answer accuracy)"})
+    merge: bool = field(default=False, metadata={"help": "LoRA: also write a merged plain checkpoint to output_dir/merged"})
 
 
 def resolved_arguments(*arguments) -> dict:
@@ -39,6 +50,13 @@ def run_hardware(*arguments) -> dict:
     if training is None:
         return {}
     return hardware_record(training.bf16, getattr(training, "bf16_reason", None))
+
+
+def record_arguments(arguments: tuple) -> None:
+    """`trilm_args.yaml` in the output folder before training starts (main process), so that an interrupted
+    run can be run again; `arguments` end with the trainer's."""
+    if arguments[-1].process_index == 0:
+        write_arguments(arguments[-1].output_dir, *arguments)
 
 
 def write_arguments(output_dir: str, *arguments) -> None:
@@ -101,7 +119,6 @@ PIPELINE_TAGS = {  # model class name suffix -> the Hub's pipeline tag
     "ForQuestionAnswering": "question-answering",
     "ForConditionalGeneration": "text2text-generation",
 }
-FAMILIES = {"trilm_encoder": "encoder", "trilm_decoder": "decoder", "trilm_seq2seq": "seq2seq"}
 
 
 def eval_scores(metrics: dict) -> dict[str, float]:
@@ -118,7 +135,7 @@ def card_metadata(base, adapter: bool, recipe: str, scores: dict[str, float], va
     name = type(base).__name__
     pipeline_tag = next((tag for suffix, tag in PIPELINE_TAGS.items() if name.endswith(suffix)), None)
     task = values.get("task") or ("reward-modeling" if recipe == "reward" else None)
-    tags = ["trilm", FAMILIES.get(config.model_type, config.model_type), recipe, *([task] if task else [])]
+    tags = ["trilm", FAMILY_OF_MODEL_TYPE.get(config.model_type, config.model_type), recipe, *([task] if task else [])]
     if adapter:
         tags += ["peft", "lora"]
     metadata = {"library_name": "transformers", "pipeline_tag": pipeline_tag, "tags": tags, "license": values.get("license")}
@@ -231,6 +248,18 @@ def save_run(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, d
     if trainer.args.push_to_hub:
         push_folder(output_dir, trainer.args.hub_model_id or output_dir.name, private=trainer.args.hub_private_repo,
                     token=trainer.args.hub_token, commit_message=f"trilm {recipe}")
+
+
+def finish(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, rows: list[dict], start: float) -> None:
+    """The end of every tuning run: its wall time into `metrics`, the output folder (`save_run`),
+    `predictions.jsonl` where there are predictions, and `merged/` with `--merge true`."""
+    _, data_args, args, _ = arguments
+    metrics["wall_time"] = time.perf_counter() - start
+    save_run(trainer, tokenizer, recipe, arguments, metrics, data_args.description())
+    if rows and trainer.is_world_process_zero():
+        write_predictions(trainer.args.output_dir, rows)
+    if args.merge:
+        save_merged(trainer, tokenizer)
 
 
 def write_jsonl(path: str | Path, rows) -> None:

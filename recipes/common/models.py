@@ -21,8 +21,10 @@ from trilm.configuration import TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq
 from trilm.modeling.interop import from_transformers, sentence_transformers_fields
 from trilm.tokenization import byte_level_tokenizer, check_tokenizer_matches, config_values, train_tokenizer
 
+# The one table of the three families: config class, model type, pretraining head.
 CONFIGS = {"encoder": TrilmEncoderConfig, "decoder": TrilmDecoderConfig, "seq2seq": TrilmSeq2SeqConfig}
-FAMILY_OF_MODEL_TYPE = {"trilm_encoder": "encoder", "trilm_decoder": "decoder", "trilm_seq2seq": "seq2seq"}
+FAMILIES = tuple(CONFIGS)
+FAMILY_OF_MODEL_TYPE = {config.model_type: family for family, config in CONFIGS.items()}
 # transformers model types that interop converts, and the family they become.
 CONVERTIBLE = {"llama": "decoder", "bert": "encoder", "bart": "seq2seq"}
 PRETRAINING_HEADS = {"encoder": AutoModelForMaskedLM, "decoder": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}
@@ -101,6 +103,12 @@ def resolve_family(args: ModelArguments) -> str:
     if args.family is not None and args.family != family:
         raise ValueError(f"family={args.family} but {args.model_name_or_path} holds a {family} model.")
     return family
+
+
+def check_family(what: str, families: tuple[str, ...], family: str) -> None:
+    """A ValueError where `what` (a task, a recipe) has no head for a model of `family`."""
+    if family not in families:
+        raise ValueError(f"{what} takes a model of family {' or '.join(families)}; a {family} model has no head for it.")
 
 
 def load_tokenizer(args: ModelArguments, family: str, texts=None):

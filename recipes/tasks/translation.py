@@ -8,8 +8,8 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
-from .data import DataArguments, column_names, finish_splits, load_raw_datasets, read_lines, require_columns
-from .task import Features, Task
+from ..common.data import DataArguments, column_names, finish_splits, load_raw_datasets, read_lines, require_columns
+from . import Features, Task
 
 
 def aligned_files(sources: str, targets: str, split: str) -> list[dict]:
@@ -78,10 +78,8 @@ def decode(tokenizer, ids) -> list[str]:
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-def prepare(raw, tokenizer, data_args, args, training_args, max_length: int) -> Features:
+def prepare(raw, tokenizer, data_args, args, training_args, max_length: int, class_names=None) -> Features:
     max_target_length = args.max_target_length or max_length
-    if training_args.generation_max_length is None:
-        training_args.generation_max_length = max_target_length
     pairs = {split: text_pairs(raw[split], args, split) for split in ("train", "validation") if split in raw}
 
     def encode(split):

@@ -1,5 +1,6 @@
-"""What a fine-tuning task hands the shared recipe (`recipes/finetune.py`): its data, features, collator,
-metric and prediction rows."""
+"""The fine-tuning tasks of `trilm finetune` on Trainer (`classification`, `extractive_qa`, `translation`), and
+what each hands the recipe: its data, features, collator, metric and prediction rows. `sft` runs on TRL's
+SFTTrainer and is a recipe part of its own (`sft.run`)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ class Task:
     peft_task_type: str
     load_data: Callable  # (DataArguments, FinetuneArguments) -> DatasetDict
     texts: Callable  # (raw, DataArguments, FinetuneArguments) -> the strings a new tokenizer is trained on
-    prepare: Callable  # (raw, tokenizer, DataArguments, FinetuneArguments, TrainingArguments, max_length) -> Features
+    prepare: Callable  # (raw, tokenizer, DataArguments, FinetuneArguments, TrainingArguments, max_length, class_names) -> Features
 
 
 def argmax_logits(logits, labels):

@@ -47,8 +47,8 @@ from transformers.trainer_utils import TrainOutput, get_last_checkpoint, speed_m
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, pad, selective_log_softmax
 
-from .alignment import reply, score_conversations, user_turn
-from .sft import chat_stops, reply_mask
+from .chat import assistant_turn, chat_stops, reply_mask, user_turn
+from .rewards import score_conversations
 
 VALUE_MODEL_FOLDER = "value_model"
 CHECKPOINTING = {"use_reentrant": False}  # activation checkpointing that needs no input gradients (LoRA)
@@ -237,15 +237,6 @@ class PPOTrainer(Trainer):
         self.global_batch = args.per_device_train_batch_size * self.accelerator.num_processes
 
     # ----------------------------------------------------------------------------------- the loop
-    @contextlib.contextmanager
-    def _trainer_model(self, module):
-        """Trainer's own methods (optimizer creation, saving) act on `self.model`: `module` for a while."""
-        held, self.model = self.model, module
-        try:
-            yield
-        finally:
-            self.model = held
-
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
         args = self.args
         started = time.time()
@@ -254,7 +245,7 @@ class PPOTrainer(Trainer):
         both = PolicyAndValue(self.policy, self.value_model)
         if args.gradient_checkpointing:
             both.gradient_checkpointing_enable(CHECKPOINTING)
-        with self._trainer_model(both):
+        with self.trainer_model(both):
             self.create_optimizer_and_scheduler(num_training_steps=total * args.num_ppo_epochs * args.num_mini_batches)
         model, self.optimizer = self.accelerator.prepare(both, self.optimizer)
         self.model_wrapped = model
@@ -267,11 +258,11 @@ class PPOTrainer(Trainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"resume_from_checkpoint: no checkpoint-* folder in {args.output_dir}.")
         if resume_from_checkpoint:
-            self._resume(resume_from_checkpoint)
+            self.resume(resume_from_checkpoint)
         first = self.state.global_step
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         losses = []
-        with self._trainer_model(both):
+        with self.trainer_model(both):
             for update in range(first, total):
                 self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
                 stats = self.ppo_update(model, self.rollout_rows(update, updates_per_epoch))
@@ -279,10 +270,10 @@ class PPOTrainer(Trainer):
                 self.state.global_step, self.state.epoch = update + 1, (update + 1) / updates_per_epoch
                 self.control = self.callback_handler.on_step_end(args, self.state, self.control)
                 if self.control.should_log:
-                    self.log({**stats, "learning_rate": self._get_learning_rate()})
+                    self.log({**stats, "learning_rate": self.learning_rate()})
                     self.control.should_log = False
                 if self.control.should_save:
-                    self._save_checkpoint(model, trial=None)
+                    self.save_checkpoint(model)
                     self.control = self.callback_handler.on_save(args, self.state, self.control)
                 if self.control.should_training_stop:
                     break
@@ -295,14 +286,6 @@ class PPOTrainer(Trainer):
         self.control = self.callback_handler.on_train_end(args, self.state, self.control)
         return TrainOutput(self.state.global_step, metrics["train_loss"], metrics)
 
-    def _resume(self, checkpoint: str) -> None:
-        """Policy (or adapter), value model, optimizer, scheduler, trainer state and RNG from `checkpoint`."""
-        self._load_from_checkpoint(checkpoint, model=self.policy)
-        self._load_from_checkpoint(os.path.join(checkpoint, VALUE_MODEL_FOLDER), model=self.value_model)
-        self._load_optimizer_and_scheduler(checkpoint)
-        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
-        self._load_rng_state(checkpoint)
-
     def rollout_rows(self, update: int, updates_per_epoch: int) -> list[dict]:
         """This process's prompts of update `update`: each epoch a new seeded permutation of the dataset,
         so that a resumed run takes the same batches."""
@@ -311,13 +294,6 @@ class PPOTrainer(Trainer):
         order = torch.randperm(len(self.train_dataset), generator=torch.Generator().manual_seed(seed + epoch))
         start = index * self.global_batch + self.accelerator.process_index * self.args.per_device_train_batch_size
         return list(self.train_dataset.select(order[start : start + self.args.per_device_train_batch_size].tolist()))
-
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        """The policy (or its adapter) and the tokenizer as Trainer saves them, and the value model in `value_model/`."""
-        output_dir = output_dir or self.args.output_dir
-        with self._trainer_model(self.policy):
-            super()._save(output_dir)
-        self.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_FOLDER))
 
     # ------------------------------------------------------------------------------------ one update
     def ppo_update(self, model, rows: list[dict]) -> dict:
@@ -392,8 +368,8 @@ class PPOTrainer(Trainer):
         texts = tokenizer.batch_decode(replies, skip_special_tokens=True)
         prompts = [row["prompt"] for row in rows]
         conversational = isinstance(prompts[0], list)
-        completions = [reply(text) for text in texts] if conversational else texts
-        chats = [user_turn(prompt) + reply(text) for prompt, text in zip(prompts, texts)]  # what reward models read
+        completions = [assistant_turn(text) for text in texts] if conversational else texts
+        chats = [user_turn(prompt) + assistant_turn(text) for prompt, text in zip(prompts, texts)]  # what reward models read
         columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("prompt", "input_ids")}
         ids = [reply[: int(m.sum())].tolist() for reply, m in zip(replies, mask)]
         per_reward = []
@@ -451,6 +427,50 @@ class PPOTrainer(Trainer):
             "policy/clipfrac_avg": policy_stats["clipfrac"], "policy/approxkl_avg": policy_stats["approxkl"],
             "policy/entropy_avg": entropy, "val/ratio": policy_stats["ratio"],
         }
+
+    # ------------------------------------------------------------------------------- Trainer internals
+    # PPO's loop (rollouts, then epochs of mini-batches over them) is its own: Trainer.train cannot run it. What
+    # it reuses of Trainer (accelerate, optimizer and schedule, callbacks, logging, checkpoints) goes through
+    # Trainer's private methods, here and nowhere else: the code most exposed to transformers releases
+    # (checked on 5.23 and 5.25; the resume test in tests/test_ppo.py fails where one changes). Each, and why:
+    # - `_save_checkpoint(model, trial)`: checkpoint-N/ as Trainer writes it (model or adapter, optimizer,
+    #   scheduler, RNG, trainer state, rotation by save_total_limit), so resume_from_checkpoint reads it;
+    # - `_load_from_checkpoint(folder, model)`: a checkpoint's weights (or adapter) into the policy and the value model;
+    # - `_load_optimizer_and_scheduler(folder)`, `_load_rng_state(folder)`: the rest of a checkpoint, to resume
+    #   to the same weights;
+    # - `_get_learning_rate()`: the scheduler's current rate, as Trainer logs it;
+    # - `_save(output_dir)`, overridden: Trainer's save_model calls it; the value model goes to value_model/.
+    # Trainer's optimizer creation and saving act on `self.model`: `trainer_model` points it at the module meant.
+    @contextlib.contextmanager
+    def trainer_model(self, module):
+        """`self.model` is `module` for a while (Trainer's optimizer creation and saving act on `self.model`)."""
+        held, self.model = self.model, module
+        try:
+            yield
+        finally:
+            self.model = held
+
+    def save_checkpoint(self, model) -> None:
+        self._save_checkpoint(model, trial=None)
+
+    def learning_rate(self) -> float:
+        return self._get_learning_rate()
+
+    def resume(self, checkpoint: str) -> None:
+        """Policy (or adapter), value model, optimizer, scheduler, trainer state and RNG from `checkpoint`."""
+        self._load_from_checkpoint(checkpoint, model=self.policy)
+        self._load_from_checkpoint(os.path.join(checkpoint, VALUE_MODEL_FOLDER), model=self.value_model)
+        self._load_optimizer_and_scheduler(checkpoint)
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        self._load_rng_state(checkpoint)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """The policy (or its adapter) and the tokenizer as Trainer saves them, and the value model in `value_model/`."""
+        output_dir = output_dir or self.args.output_dir
+        with self.trainer_model(self.policy):
+            super()._save(output_dir)
+        self.value_model.save_pretrained(os.path.join(output_dir, VALUE_MODEL_FOLDER))
+
 
 
 def check_rollout_batch(dataset, args: PPOConfig) -> None:

@@ -5,8 +5,8 @@ import numpy as np
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
-from .data import DataArguments, column_names, load_raw_datasets, require_columns
-from .task import Features, Task, argmax_logits
+from ..common.data import DataArguments, column_names, load_raw_datasets, require_columns
+from . import Features, Task, argmax_logits
 
 
 def first_column(dataset, given: str | None, candidates: tuple[str, ...], option: str) -> str:
@@ -80,10 +80,9 @@ def classification_metrics(eval_prediction) -> dict:
     return {"accuracy": float(np.mean(predicted == labels)), "f1": float(np.mean(f1))}
 
 
-def prepare_sequences(raw, tokenizer, data_args, args, training_args, max_length: int) -> Features:
+def prepare_sequences(raw, tokenizer, data_args, args, training_args, max_length: int, class_names=None) -> Features:
     text, pair, label = sentence_columns(raw["train"], data_args, args)
-    names = label_names(raw, label, training_args.label_names)
-    training_args.label_names = None  # the classes were read from it; Trainer's own meaning (input keys) is the default
+    names = label_names(raw, label, class_names)
     as_int = _class_label(raw, label)
 
     def encode(batch, indices, split):
@@ -161,12 +160,11 @@ def entity_metrics(names: list[str]):
     return compute
 
 
-def prepare_tokens(raw, tokenizer, data_args, args, training_args, max_length: int) -> Features:
+def prepare_tokens(raw, tokenizer, data_args, args, training_args, max_length: int, class_names=None) -> Features:
     if not tokenizer.is_fast:
         raise ValueError("token-classification needs a fast tokenizer (word ids align words with sub-word tokens).")
     words, tags = tag_columns(raw["train"], data_args)
-    names = label_names(raw, tags, training_args.label_names, per_token=True)
-    training_args.label_names = None
+    names = label_names(raw, tags, class_names, per_token=True)
     as_int = _class_label(raw, tags)
 
     def encode(batch, indices, split):
