@@ -293,7 +293,7 @@ class Attention(nn.Module):
     def _attention_interface(self, query_states: torch.Tensor) -> Callable:
         implementation = self.config._attn_implementation
         if implementation == "sdpa" and query_states.device.type == "cpu" and _reduced_precision(query_states):
-            # Measured on CPU (torch 2.13, README): sdpa in bfloat16 is 1.5x slower than eager attention.
+            # Measured on CPU (torch 2.13, docs/results.md): sdpa in bfloat16 is 1.5x slower than eager attention.
             return eager_attention_forward
         return ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
 

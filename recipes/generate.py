@@ -86,7 +86,7 @@ def generation_config(args: GenerateArguments, model, tokenizer, stops: list[int
         from transformers.generation import CompileConfig
 
         compile_config = CompileConfig(fullgraph=True, mode="default")
-        compile_config._compile_all_devices = True  # CPU too: measured faster decoding there (README, Performance)
+        compile_config._compile_all_devices = True  # CPU too: measured faster decoding there (docs/results.md, Performance)
         extra = {"cache_implementation": "static", "compile_config": compile_config}
     return config, extra
 

@@ -43,7 +43,7 @@ def run(base: str, args, overrides) -> list[dict]:
         began = time.perf_counter()
         flags = [*overrides(name), "--model_name_or_path", folders[source]]
         if name in ONLINE_RL:
-            # The tiny reward model ranks held-out pairs too poorly (README, Alignment figures) to steer RL:
+            # The tiny reward model ranks held-out pairs too poorly (docs/results.md, Alignment figures) to steer RL:
             # the corpus's checker is the reward.
             flags += ["--reward_funcs", "answer_reward"]
         if args.max_steps is not None:

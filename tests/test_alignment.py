@@ -3,6 +3,7 @@ with the Auto classes, learning on signals a tiny model can pick up, the prefere
 before any training starts."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,10 @@ def test_reward_reads_hh_rlhf_as_published(tmp_path, sft, shared_data):
     config = run_config(tmp_path, "hh", model_name_or_path=str(sft), train_file=str(shared_data / "hh_rlhf_harmless_base_test.jsonl.gz"),
                         max_train_samples=32, max_eval_samples=16, max_steps=2, max_length=1024)
     assert trilm(["reward", "--config", str(config)]) == 0
-    assert 0 <= metrics(tmp_path / "hh")["eval_reward_accuracy"] <= 1
+    scores = metrics(tmp_path / "hh")
+    # The held-out pairs were read as conversations and scored: 15 of the 16 fit in 1024 tokens (accuracy in
+    # fifteenths), chosen and rejected scored differently.
+    assert scores["eval_reward_accuracy"] * 15 == pytest.approx(round(scores["eval_reward_accuracy"] * 15)) and scores["eval_reward_margin"] != 0
 
 
 def letter_share(completions, **kwargs) -> list[float]:
@@ -209,7 +213,8 @@ def test_quickstart_full_runs_every_stage_and_reports_them(tmp_path, capsys):
     assert trilm(["quickstart", "--full", "--families", "decoder", "--max_steps", "2", "--max_eval_samples", "8", "--output_dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert [entry["stage"] for entry in report] == ["base", "sft", "rlhf", "ppo", "dpo"]
-    assert all(0 <= entry["answer_accuracy"] <= 1 and isinstance(entry["mean_reward"], float) for entry in report)
+    # Each stage answered the 8 held-out questions (accuracy in eighths), each answer scored by the reward model.
+    assert all(entry["answer_accuracy"] * 8 == pytest.approx(round(entry["answer_accuracy"] * 8)) and math.isfinite(entry["mean_reward"]) for entry in report)
     assert all(entry["kl_to_sft"] >= 0 for entry in report[2:])  # k3 estimates are non-negative
     assert all(entry["seconds_per_update"] > 0 for entry in report[2:4])  # GRPO and PPO side by side
     assert (tmp_path / "stages.png").stat().st_size > 0

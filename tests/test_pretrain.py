@@ -321,13 +321,68 @@ def test_a_second_run_reads_its_packed_blocks_from_the_datasets_cache(tmp_path):
     assert cache_files[0] and cache_files[0] == cache_files[1]
 
 
-def test_whole_word_masking_streaming_and_a_saved_dataset_folder(tmp_path):
+def words_partly_masked(offset_rows: list, label_rows: list) -> tuple[int, int]:
+    """(words with some but not all tokens chosen for the loss, words of several tokens fully chosen) over the
+    rows of a masked-LM batch; a word is a run of tokens whose offsets touch (DataCollatorForLanguageModeling's own
+    definition), special tokens (offsets (0, 0)) belong to none."""
+    partly = whole = 0
+    for offsets, labels in zip(offset_rows, label_rows):
+        words, current = [], []
+        for i, (start, end) in enumerate(offsets):
+            if (start, end) == (0, 0) or (current and start != offsets[current[-1]][1]):
+                words.append(current)
+                current = []
+            if (start, end) != (0, 0):
+                current.append(i)
+        words.append(current)
+        for word in (w for w in words if len(w) > 1):
+            chosen = sum(labels[i] != -100 for i in word)
+            partly += 0 < chosen < len(word)
+            whole += chosen == len(word)
+    return partly, whole
+
+
+def test_whole_word_masking_chooses_every_token_of_a_word_or_none(tmp_path):
+    from trilm.recipes.common.data import pack_texts
+    from trilm.tokenization import train_tokenizer
+
+    raw = load_builtin("text")["train"].select(range(300))
+    tokenizer = train_tokenizer(texts=raw["text"], kind="wordpiece", family="encoder", vocab_size=200)  # small: words split
+    blocks = pack_texts(raw, tokenizer, "text", 64, tokenizer.sep_token_id, with_offsets=True).select(range(32))
+    counts = {}
+    for whole_word_mask in (True, False):
+        arguments = pretrain.PretrainArguments(whole_word_mask=whole_word_mask, mlm_probability=0.3)
+        collator, _, _ = pretrain.objective("encoder", tokenizer, arguments, 64, seed=0)
+        batch = collator([dict(row) for row in blocks])  # the collator reads and drops offset_mapping
+        counts[whole_word_mask] = words_partly_masked(blocks["offset_mapping"], batch["labels"].tolist())
+    assert counts[True][0] == 0 and counts[True][1] > 20  # whole words, and many of them
+    assert counts[False][0] > 20  # token masking splits words: the check above can fail
+
+
+def test_streaming_reads_the_same_rows_and_blocks_as_loading(tmp_path):
+    from trilm.recipes.common.data import DataArguments, load_raw_datasets, pack_texts
+    from trilm.tokenization import byte_level_tokenizer
+
+    text = tmp_path / "book.jsonl"
+    text.write_text("".join(json.dumps({"text": row["text"]}) + "\n" for row in build_corpus(0)["text"]["train"][:300]))
+    tokenizer = byte_level_tokenizer("decoder")
+    rows, blocks = {}, {}
+    for streaming in (True, False):
+        raw = load_raw_datasets(DataArguments(train_file=str(text), streaming=streaming, validation_split_percentage=0, max_train_samples=100))
+        rows[streaming] = [row["text"] for row in raw["train"]]
+        blocks[streaming] = [row["input_ids"] for row in pack_texts(raw["train"], tokenizer, "text", 64, tokenizer.eos_token_id)]
+    assert len(rows[True]) == 100 and rows[True] == rows[False]
+    assert len(blocks[True]) > 50 and blocks[True] == blocks[False]
+
+
+def test_whole_word_masking_and_streaming_runs_and_a_saved_dataset_folder(tmp_path):
     from datasets import Dataset, DatasetDict
 
     rows = [{"text": row["text"]} for row in build_corpus(0)["text"]["train"][:200]]
     DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(tmp_path / "dataset")
     encoder = tiny_config(tmp_path, "encoder", whole_word_mask=True, output_dir=str(tmp_path / "wwm"))
     assert trilm(["pretrain", "--config", str(encoder), "--dataset_name", str(tmp_path / "dataset")]) == 0
+    assert yaml.safe_load((tmp_path / "wwm" / "trilm_args.yaml").read_text())["whole_word_mask"] is True
     assert json.loads((tmp_path / "wwm" / "metrics.json").read_text())["eval_loss"] > 0
     decoder = tiny_config(tmp_path, "decoder", streaming=True, output_dir=str(tmp_path / "stream"))
     assert trilm(["pretrain", "--config", str(decoder)]) == 0

@@ -51,7 +51,12 @@ def test_every_kind_and_family_trains_saves_and_reloads_identically(shared_data,
 
     batch = reloaded(*PAIR, padding=True, truncation=True, max_length=12)
     assert all(len(ids) == len(batch["input_ids"][0]) <= 12 for ids in batch["input_ids"])
-    assert batch["attention_mask"][1][-1] in (0, 1) and reloaded.pad_token_id is not None
+    unpadded_lengths = [len(ids) for ids in reloaded(*PAIR)["input_ids"]]
+    # The mask covers exactly each row's own tokens; the rest is the pad token (on the tokenizer's padding side).
+    batch = reloaded(*PAIR, padding=True)
+    for ids, mask, length in zip(batch["input_ids"], batch["attention_mask"], unpadded_lengths):
+        assert sum(mask) == length and [t for t, m in zip(ids, mask) if not m] == [reloaded.pad_token_id] * (len(ids) - length)
+    assert min(unpadded_lengths) < max(unpadded_lengths)  # one row is padded
     if family == "encoder":
         unpadded = reloaded(*PAIR)
         for ids, types in zip(unpadded["input_ids"], unpadded["token_type_ids"]):

@@ -4,7 +4,7 @@ are there for training scripts and the recipes to call.
 glibc's malloc serves every allocation above its mmap threshold (128 KiB at start) with a fresh `mmap`
 and gives it back with `munmap` when freed. PyTorch on CPU has no caching allocator, so each activation
 of a training step is page-faulted in and zeroed by the kernel again, every step: on the 2-core machine
-of the README a Llama RMSNorm of a (4, 256, 768) float32 tensor took 2.3 ms this way and 0.19 ms with
+of docs/results.md a Llama RMSNorm of a (4, 256, 768) float32 tensor took 2.3 ms this way and 0.19 ms with
 freed memory kept in the heap, and a GPT-2-small training step 20% less time. `tune_cpu_allocator` keeps
 freed memory in the process (as CUDA's caching allocator does), which is also what preloading jemalloc
 or tcmalloc achieves. The cost: the process keeps its peak heap instead of returning it to the OS.

@@ -1,5 +1,6 @@
-"""Defects a careful user found in the model classes, and the cache argument transformers 5.24 renamed:
-each test here failed before its fix."""
+"""What transformers' own tooling expects of the model classes, by feature: seq2seq embeddings and gradient
+checkpointing, the base classes' method signatures (get_encoder, the exporter), tensor-parallel plans and a TP
+run, and the cache under both of its names (transformers 5.24 renamed `past_key_values` to `cache`)."""
 
 import inspect
 import warnings
@@ -27,7 +28,7 @@ def seq2seq(**overrides) -> TrilmSeq2SeqForConditionalGeneration:
     return TrilmSeq2SeqForConditionalGeneration(tiny_seq2seq_config(**overrides)).eval()
 
 
-# ---------------------------------------------------------------- 1. seq2seq: missing shared embedding
+# --------------------------------------------------------------------- seq2seq: the shared embedding
 def test_seq2seq_checkpoint_without_shared_embedding_reports_it_missing_and_still_runs(tmp_path):
     seq2seq().save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
@@ -55,7 +56,15 @@ def test_seq2seq_embeddings_stay_tied_through_save_and_load(tmp_path):
         assert torch.equal(original(input_ids=SOURCE, labels=SOURCE).logits, loaded(input_ids=SOURCE, labels=SOURCE).logits)
 
 
-# ------------------------------------------------------- 2. seq2seq: reentrant gradient checkpointing
+def test_seq2seq_decoder_without_encoder_states_says_what_it_needs():
+    model = seq2seq()
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        model.model.decoder(input_ids=SOURCE)
+    encoder_states = model.model.encoder(input_ids=SOURCE).last_hidden_state
+    assert model.model.decoder(input_ids=SOURCE, encoder_hidden_states=encoder_states).last_hidden_state.shape == (2, 9, 32)
+
+
+# ------------------------------------------------------------ seq2seq: gradient checkpointing
 @pytest.mark.parametrize("use_reentrant", [True, False])
 def test_seq2seq_gradient_checkpointing_matches_plain_gradients(use_reentrant):
     grads = []
@@ -72,7 +81,7 @@ def test_seq2seq_gradient_checkpointing_matches_plain_gradients(use_reentrant):
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
 
 
-# -------------------------------------------------- 3. overridden methods keep the base signatures
+# ------------------------------------------------- transformers' API: base signatures, encoder, export
 def _overrides():
     # In a fixed order: pytest-xdist's workers must collect the same tests (a set's order changes with the process).
     classes = {cls for _, cls in inspect.getmembers(trilm.modeling, inspect.isclass) if issubclass(cls, PreTrainedModel)}
@@ -116,7 +125,7 @@ def test_seq2seq_exports_for_generation_with_transformers_exporter():
     assert {"prefill", "decode"} <= set(exported.components), sorted(exported.components)
 
 
-# --------------------------------------------------------- 4. tensor-parallel plan follows the config
+# ------------------------------------------------------------------------------ tensor parallelism
 @pytest.mark.parametrize("mlp_type", ["gated", "plain"])
 def test_tensor_parallel_plan_names_only_modules_that_exist(mlp_type, transformers_logs):
     model = TrilmDecoderForCausalLM(tiny_decoder_config(mlp_type=mlp_type))
@@ -126,13 +135,33 @@ def test_tensor_parallel_plan_names_only_modules_that_exist(mlp_type, transforme
     assert "not applied" not in transformers_logs.text
 
 
-# ----------------------------------------------------- 5. seq2seq decoder without encoder states
-def test_seq2seq_decoder_without_encoder_states_says_what_it_needs():
-    model = seq2seq()
-    with pytest.raises(ValueError, match="encoder_hidden_states"):
-        model.model.decoder(input_ids=SOURCE)
-    encoder_states = model.model.encoder(input_ids=SOURCE).last_hidden_state
-    assert model.model.decoder(input_ids=SOURCE, encoder_hidden_states=encoder_states).last_hidden_state.shape == (2, 9, 32)
+@pytest.mark.parametrize("tied", [True, False])
+def test_seq2seq_lm_under_tensor_parallelism_gives_the_unsharded_logits(tmp_path, tied):
+    """Two CPU ranks over gloo, as transformers' own TP tests run: the tied head and the shared embedding are
+    sharded together (vocabulary 100 splits in two)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file as save_tensors
+
+    model = seq2seq(vocab_size=100, tie_word_embeddings=tied)
+    assert (model.lm_head.weight is model.model.shared.weight) is tied
+    inputs = {"input_ids": SOURCE % 100, "decoder_input_ids": SOURCE[:, :5] % 100}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    save_tensors({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
+    save_tensors({"logits": expected.contiguous()}, tmp_path / "expected.safetensors")
+    script = Path(__file__).parent / "tp_seq2seq.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert (tmp_path / "tp.json").is_file(), result.stderr[-3000:]
+    report = json.loads((tmp_path / "tp.json").read_text())
+    assert "lm_head" in report["sharded"] and "model.shared" in report["sharded"]  # both or neither: both
+    assert report["max_diff"] <= 1e-5
 
 
 # ------------------------------------------------------------- the cache under both of its names
@@ -225,34 +254,3 @@ def test_no_deprecation_warning_comes_from_trilm_in_forward_generate_and_trainin
             model(input_ids=SOURCE, labels=SOURCE).loss.backward()
     assert not _trilm_warnings(record)
     assert "deprecated" not in transformers_logs.text.lower()
-
-
-
-# ------------------------------------------------ tensor parallelism of the seq2seq LM, tied and untied
-@pytest.mark.parametrize("tied", [True, False])
-def test_seq2seq_lm_under_tensor_parallelism_gives_the_unsharded_logits(tmp_path, tied):
-    """Two CPU ranks over gloo, as transformers' own TP tests run: the tied head and the shared embedding are
-    sharded together (vocabulary 100 splits in two)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from safetensors.torch import save_file as save_tensors
-
-    model = seq2seq(vocab_size=100, tie_word_embeddings=tied)
-    assert (model.lm_head.weight is model.model.shared.weight) is tied
-    inputs = {"input_ids": SOURCE % 100, "decoder_input_ids": SOURCE[:, :5] % 100}
-    with torch.no_grad():
-        expected = model(**inputs).logits
-    model.save_pretrained(tmp_path)
-    save_tensors({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
-    save_tensors({"logits": expected.contiguous()}, tmp_path / "expected.safetensors")
-    script = Path(__file__).parent / "tp_seq2seq.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert (tmp_path / "tp.json").is_file(), result.stderr[-3000:]
-    report = json.loads((tmp_path / "tp.json").read_text())
-    assert "lm_head" in report["sharded"] and "model.shared" in report["sharded"]  # both or neither: both
-    assert report["max_diff"] <= 1e-5
