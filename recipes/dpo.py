@@ -19,7 +19,7 @@ from .common.chat import turn_texts
 from .common.data import DataArguments, load_raw_datasets
 from .common.lora import LoraModelArguments, check_adapter_options, load_merged, lora_config
 from .common.models import check_family, load_tokenizer, resolve_family
-from .common.output import TuningArguments, final_metrics, finish, record_arguments
+from .common.output import TuningArguments, final_metrics, finish, record_arguments, show_progress
 from .common.preferences import check_max_length, check_reference, preference_dataset
 from .common.runtime import start_run
 
@@ -50,6 +50,7 @@ def run(model_args: LoraModelArguments, data_args: DataArguments, args: TuningAr
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    show_progress(trainer, "dpo")
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
     if trainer.eval_dataset is not None:
@@ -64,7 +65,7 @@ ARGUMENT_TYPES = (LoraModelArguments, DataArguments, TuningArguments, DPOConfig)
 
 
 def parse(argv: list[str]) -> tuple:
-    return parse_args(ARGUMENT_TYPES, argv, "trilm dpo", {**launch_defaults(), "do_train": True, "max_length": None})
+    return parse_args(ARGUMENT_TYPES, argv, "trilm dpo", {**launch_defaults(), "do_train": True, "max_length": None, "output_dir": "runs/dpo"})
 
 
 def main(argv: list[str]) -> int:

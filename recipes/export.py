@@ -27,7 +27,7 @@ from trilm.modeling.interop import to_transformers
 from .common.args import parse_args
 from .common.chat import chat_stops
 from .common.lora import load_merged
-from .common.models import FAMILY_OF_MODEL_TYPE, PRETRAINING_HEADS, ModelArguments, adapter_base, checkpoint_family
+from .common.models import FAMILY_OF_MODEL_TYPE, PRETRAINING_HEADS, ModelArguments, adapter_base, check_source, checkpoint_family
 
 TARGETS = ("transformers", "gguf")
 GGUF_DTYPES = ("float32", "float16", "bfloat16", "q8_0")
@@ -44,6 +44,7 @@ class ExportArguments:
     def __post_init__(self):
         if not self.model_name_or_path or not self.output_dir:
             raise ValueError("Give --model_name_or_path (a trilm run folder) and --output_dir (where the export goes).")
+        check_source(self.model_name_or_path, "model_name_or_path")
         if self.to not in TARGETS:
             raise ValueError(f"to={self.to!r} is invalid: use {' or '.join(TARGETS)}.")
         if self.dtype not in GGUF_DTYPES:

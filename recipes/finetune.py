@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 from trl import SFTConfig
 
-from .common.args import launch_defaults, parse_args, peek_option
+from .common.args import launch_defaults, parse_args, peek_option, wants_help
 from .common.data import DataArguments
 from .common.lora import LoraModelArguments, add_lora, check_adapter_options
 from .common.models import check_family, load_model, load_tokenizer, max_positions, resolve_family
-from .common.output import TuningArguments, final_metrics, finish, record_arguments
+from .common.output import TuningArguments, final_metrics, finish, record_arguments, show_progress
 from .common.runtime import start_run
 from .tasks import classification, extractive_qa, sft, translation
 
@@ -98,6 +98,7 @@ def run(model_args: LoraModelArguments, data_args: DataArguments, args: Finetune
         compute_metrics=features.compute_metrics,
         preprocess_logits_for_metrics=features.preprocess_logits,
     )
+    show_progress(trainer, f"finetune {args.task}")
     metrics, rows = {}, []
     if training_args.do_train:
         train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -119,9 +120,9 @@ def parse(argv: list[str]) -> tuple:
     """(model, data, finetune, trainer) arguments of a `trilm finetune` command line, the trainer's class
     chosen by `task`; training and evaluation on unless the flags say otherwise."""
     task = peek_option(argv, "task")
-    if task not in TASK_NAMES:
+    if task not in TASK_NAMES and not wants_help(argv):  # --help without a task shows TrainingArguments
         raise ValueError(f"task={task!r} does not exist: give --task (or task: in the YAML) as one of {', '.join(TASK_NAMES)}.")
-    defaults = {**launch_defaults(), "do_train": True, "do_eval": True}
+    defaults = {**launch_defaults(), "do_train": True, "do_eval": True, "output_dir": f"runs/finetune-{task}"}
     if task == "seq2seq":
         defaults["predict_with_generate"] = True
     if task == "sft":

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, GenerationConfig, TextStreamer
 from .common.args import parse_args
 from .common.chat import assistant_turn, chat_stops, render_prompt, user_turn
 from .common.lora import load_merged
-from .common.models import PRETRAINING_HEADS, ModelArguments, checkpoint_family
+from .common.models import PRETRAINING_HEADS, ModelArguments, check_source, checkpoint_family
 from .common.output import write_jsonl
 
 EXIT_WORDS = ("/exit", "/quit")
@@ -63,10 +63,7 @@ class GenerateArguments:
 
 def load(args: GenerateArguments):
     """(family, model in eval mode, tokenizer) of a checkpoint or adapter folder (merged into its base)."""
-    name = args.model_name_or_path
-    hub_name = not name.startswith(("/", ".", "~")) and name.count("/") <= 1  # "namespace/name" or "name"
-    if not Path(name).exists() and not hub_name:
-        raise ValueError(f"model_name_or_path={args.model_name_or_path} not found: no such folder (nor a Hub name).")
+    check_source(args.model_name_or_path, "model_name_or_path")
     _, family = checkpoint_family(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     model = load_merged(ModelArguments(model_name_or_path=args.model_name_or_path), family, tokenizer, PRETRAINING_HEADS[family])

@@ -17,7 +17,7 @@ from .common.args import launch_defaults, parse_args
 from .common.collators import CausalLMCollator, SeededCollator, SpanCorruptionCollator, span_corruption_lengths
 from .common.data import DataArguments, load_raw_datasets, pack_texts, require_columns, text_rows
 from .common.models import ModelArguments, load_model, load_tokenizer, resolve_family
-from .common.output import final_metrics, record_arguments, save_run
+from .common.output import final_metrics, record_arguments, save_run, show_progress
 from .common.runtime import RunArguments, start_run
 
 
@@ -89,6 +89,7 @@ def run(
         processing_class=tokenizer,
         callbacks=[collator] if isinstance(collator, TrainerCallback) else None,
     )
+    show_progress(trainer, f"pretrain {family}")
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     eval_metrics = trainer.evaluate() if "validation" in packed else {}
     metrics = final_metrics(train_output, eval_metrics, read_length)
@@ -102,7 +103,8 @@ ARGUMENT_TYPES = (ModelArguments, DataArguments, PretrainArguments, TrainingArgu
 
 def parse(argv: list[str]) -> tuple:
     # remove_unused_columns false: the collators read exactly the packed columns.
-    return parse_args(ARGUMENT_TYPES, argv, "trilm pretrain", {**launch_defaults(), "remove_unused_columns": False})
+    defaults = {**launch_defaults(), "remove_unused_columns": False, "output_dir": "runs/pretrain"}
+    return parse_args(ARGUMENT_TYPES, argv, "trilm pretrain", defaults)
 
 
 def main(argv: list[str]) -> int:

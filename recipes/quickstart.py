@@ -44,7 +44,7 @@ def common_overrides(args: QuickstartArguments, folder: str) -> list[str]:
     # says float32) and the rest follow the hardware.
     bf16 = [] if (args.bf16_reason or "auto").startswith("auto") else ["--bf16", str(args.bf16).lower()]
     return ["--output_dir", str(Path(args.output_dir) / folder), "--seed", str(args.seed), "--corpus_seed", str(args.seed),
-            "--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none", *bf16]
+            "--save_strategy", "no", "--report_to", "none", *bf16]
 
 
 def pretrain_family(family: str, args: QuickstartArguments) -> dict:
@@ -84,13 +84,15 @@ def sample(family: str, folder: str, seed: int) -> str:
 
 def run(args: QuickstartArguments) -> dict:
     start = time.perf_counter()
+    print(f"trilm quickstart: a tokenizer and a tiny model of each family ({', '.join(args.families)}) on the built-in corpus, "
+          f"saved in {args.output_dir}" + (", then SFT -> reward model -> RLHF, PPO and DPO on the decoder" if args.full else ""), flush=True)
     results = {}
     for family in args.families:
         began = time.perf_counter()
         results[family] = pretrain_family(family, args)
         results[family]["sample"] = sample(family, results[family]["folder"], args.seed)
         results[family]["seconds"] = time.perf_counter() - began
-    print("\ntrilm quickstart: a tokenizer and a tiny model of each family, trained on the built-in corpus\n")
+    print("\ntrilm quickstart: eval loss at step 0 and at the end, and what each reloaded model does with a held-out fact\n")
     for family, result in results.items():
         print(
             f"{family:8} eval loss {result['start_loss']:.2f} at step 0 -> {result['eval_loss']:.2f}  "

@@ -18,7 +18,7 @@ from .common.chat import turn_texts
 from .common.data import DataArguments, load_raw_datasets
 from .common.lora import LoraModelArguments, add_lora, check_adapter_options, load_merged
 from .common.models import check_family, load_tokenizer, resolve_family
-from .common.output import TuningArguments, final_metrics, finish, record_arguments
+from .common.output import TuningArguments, final_metrics, finish, record_arguments, show_progress
 from .common.preferences import check_max_length, check_pairs_kept, preference_dataset
 from .common.rewards import pairwise_metrics
 from .common.runtime import start_run
@@ -44,6 +44,7 @@ def run(model_args: LoraModelArguments, data_args: DataArguments, args: TuningAr
         eval_dataset=pairs.get("validation"),
         processing_class=tokenizer,
     )
+    show_progress(trainer, "reward")
     check_pairs_kept(trainer, pairs, training_args.max_length)
     metrics = {}
     if training_args.do_train:
@@ -59,7 +60,7 @@ ARGUMENT_TYPES = (LoraModelArguments, DataArguments, TuningArguments, RewardConf
 
 
 def parse(argv: list[str]) -> tuple:
-    return parse_args(ARGUMENT_TYPES, argv, "trilm reward", {**launch_defaults(), "do_train": True, "max_length": None})
+    return parse_args(ARGUMENT_TYPES, argv, "trilm reward", {**launch_defaults(), "do_train": True, "max_length": None, "output_dir": "runs/reward"})
 
 
 def main(argv: list[str]) -> int:

@@ -29,8 +29,8 @@ from .common.args import launch_defaults, parse_args, peek_option
 from .common.chat import turn_texts
 from .common.data import DataArguments, load_raw_datasets
 from .common.lora import LoraModelArguments, check_adapter_options, load_merged, lora_config
-from .common.models import ModelArguments, check_family, load_tokenizer, resolve_family
-from .common.output import TuningArguments, final_metrics, finish, record_arguments
+from .common.models import ModelArguments, check_family, check_source, load_tokenizer, resolve_family
+from .common.output import TuningArguments, final_metrics, finish, record_arguments, show_progress
 from .common.ppo import PPOConfig, PPOTrainer, check_rollout_batch
 from .common.preferences import check_reference, prompt_dataset
 from .common.rewards import check_reward_tokenizer, import_reward
@@ -63,6 +63,8 @@ class RLHFArguments(TuningArguments):
             raise ValueError(f"algorithm={self.algorithm!r} does not exist: use one of {', '.join(ALGORITHMS)}.")
         if self.value_model_name_or_path and self.algorithm != "ppo":
             raise ValueError(f"value_model_name_or_path is read by algorithm ppo only (this run is {self.algorithm}).")
+        for path in [*(self.reward_model_name_or_path or []), self.value_model_name_or_path]:
+            check_source(path, "reward_model_name_or_path" if path != self.value_model_name_or_path else "value_model_name_or_path")
 
 
 def reward_sources(args: RLHFArguments, data_args: DataArguments, tokenizer) -> list:
@@ -178,6 +180,7 @@ def run(model_args: LoraModelArguments, data_args: DataArguments, args: RLHFArgu
             reward_processing_classes=[tokenizer if hasattr(r, "config") else None for r in rewards],
             peft_config=peft_config,
         )
+    show_progress(trainer, f"rlhf {args.algorithm}")
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
         metrics |= training_summary(trainer.state.log_history, args.algorithm)
@@ -192,7 +195,7 @@ def parse(argv: list[str]) -> tuple:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm={algorithm!r} does not exist: give --algorithm (or algorithm: in the YAML) as one of {', '.join(ALGORITHMS)}.")
     config_class, _ = ALGORITHMS[algorithm]
-    defaults = {**launch_defaults(), **DEFAULTS[algorithm], "do_train": True}
+    defaults = {**launch_defaults(), **DEFAULTS[algorithm], "do_train": True, "output_dir": f"runs/rlhf-{algorithm}"}
     return parse_args((LoraModelArguments, DataArguments, RLHFArguments, config_class), argv, "trilm rlhf", defaults)
 
 

@@ -231,10 +231,10 @@ def test_every_alignment_preset_parses(shared_data, monkeypatch):
     from trilm.recipes import dpo, finetune, reward
 
     monkeypatch.chdir(Path(rlhf.__file__).parent.parent)  # the HH presets name ../shared/data from the repository root
-    base = ["--model_name_or_path", "runs/sft"]
+    base = ["--model_name_or_path", "someone/sft-model"]  # a Hub name: parsing reads no checkpoint
     for module, preset in ((reward, "reward-hh.yaml"), (dpo, "dpo-hh.yaml"), (reward, "quickstart-reward.yaml"), (dpo, "quickstart-dpo.yaml")):
         model_args, data_args, _, training_args = module.parse(["--config", preset, *base])
-        assert model_args.model_name_or_path == "runs/sft" and training_args.do_train, preset
+        assert model_args.model_name_or_path == "someone/sft-model" and training_args.do_train, preset
         assert data_args.train_file is None or Path(data_args.train_file).is_file(), preset
     model_args, _, args, training_args = rlhf.parse(["--config", "rlhf-grpo.yaml", *base])
     assert args.algorithm == "grpo" and training_args.num_iterations == 2 and training_args.beta > 0 and model_args.use_peft

@@ -187,7 +187,7 @@ def test_export_refuses_bad_input_before_writing_anything(tmp_path, checkpoints)
     cases = [
         (["--model_name_or_path", str(checkpoints["encoder"]), "--to", "gguf"], "decoders"),
         (["--model_name_or_path", str(checkpoints["seq2seq"]), "--to", "gguf"], "decoders"),
-        (["--model_name_or_path", str(tmp_path / "missing")], "not found"),
+        (["--model_name_or_path", str(tmp_path / "missing")], "no such folder or file here"),
         (["--model_name_or_path", str(checkpoints["decoder"]), "--to", "onnx"], "to='onnx' is invalid"),
         (["--model_name_or_path", str(checkpoints["decoder"]), "--to", "gguf", "--dtype", "q4_0"], "dtype='q4_0' is invalid"),
     ]

@@ -456,8 +456,32 @@ def test_every_finetune_preset_parses(shared_data, monkeypatch):
     presets = {"finetune-sst2.yaml": "sequence-classification", "finetune-ner.yaml": "token-classification",
                "finetune-squad.yaml": "question-answering", "sft-alpaca.yaml": "sft", "translate-multi30k.yaml": "seq2seq"}
     for preset, task in presets.items():
-        argv = ["--config", preset] + (["--model_name_or_path", "runs/base"] if preset != "translate-multi30k.yaml" else [])
+        argv = ["--config", preset] + (["--model_name_or_path", "someone/base-model"] if preset != "translate-multi30k.yaml" else [])
         assert finetune.peek_option(argv, "task") == task
         model_args, data_args, args, training_args = finetune.parse(argv)
         assert args.task == task and Path(data_args.train_file).is_file(), preset
         assert model_args.use_peft == (preset not in ("finetune-sst2.yaml", "translate-multi30k.yaml", "finetune-squad.yaml")), preset
+
+
+def test_a_small_run_logs_about_ten_points_plots_them_and_its_adapter_keeps_the_label_names(tmp_path, bases, monkeypatch):
+    """60 rows, Trainer's default logging_steps (500): the run still logs ~10 points, loss.png has them on an axis
+    named for the task, and a pipeline on the merged copy gives the label names, not LABEL_0/LABEL_1."""
+    from transformers import pipeline
+
+    from trilm.recipes.common import output
+
+    plotted = {}
+    plot = output.plot_loss
+    monkeypatch.setattr(output, "plot_loss", lambda history, path, title, unit: plotted.update(curves=output.loss_curves(history), unit=unit) or plot(history, path, title, unit))
+    rows = [{"sentence": f"the food was {word}", "label": label} for word, label in (("good", "positive"), ("awful", "negative"))] * 30
+    config = run_config(tmp_path, "small", task="sequence-classification", model_name_or_path=str(bases["encoder"]),
+                        train_file=write_jsonl(tmp_path / "rows.jsonl", rows), max_steps=-1, num_train_epochs=3, max_train_samples=None, merge=True)
+    values = yaml.safe_load(config.read_text())
+    del values["logging_steps"]
+    config.write_text(yaml.safe_dump(values))
+    trainer, _ = finetune.run(*finetune.parse(["--config", str(config)]))
+    train_points, _ = plotted["curves"]
+    assert trainer.args.logging_steps == 500 and trainer.state.max_steps < 50 and len(train_points) >= 8
+    assert plotted["unit"] == "cross-entropy per example" and (tmp_path / "small" / "loss.png").stat().st_size > 0
+    classify = pipeline("text-classification", model=str(tmp_path / "small" / "merged"))
+    assert classify("the food was good")[0]["label"] in ("positive", "negative")

@@ -80,5 +80,5 @@ def test_generate_errors_say_what_to_do(tmp_path, bases):
         trilm(["generate", "--model_name_or_path", str(bases["encoder"]), "--prompt", "no mask here"])
     with pytest.raises(ValueError, match="talks to a decoder"):
         trilm(["generate", "--model_name_or_path", str(bases["seq2seq"]), "--chat", "true"])
-    with pytest.raises(ValueError, match="not found: no such folder"):
+    with pytest.raises(ValueError, match="missing: no such folder or file here"):
         trilm(["generate", "--model_name_or_path", str(tmp_path / "missing"), "--prompt", "hi"])

@@ -16,11 +16,13 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokenizer, Trainer
 
-from trilm.modeling import TrilmDecoderForCausalLM
+from trilm.configuration import TrilmEncoderConfig
+from trilm.modeling import TrilmDecoderForCausalLM, TrilmEncoderForMaskedLM
 from trilm.recipes import pretrain
 from trilm.recipes.cli import main as trilm
 from trilm.recipes.common.collators import CausalLMCollator, SpanCorruptionCollator, span_corruption_lengths
 from trilm.recipes.corpus import KINDS, build_corpus, check_answer, load_builtin, write_corpus
+from trilm.tokenization import config_values
 
 from .conftest import tiny_decoder_config
 
@@ -293,6 +295,17 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused(tmp_path, no_trainin
     argv = ["pretrain", "--config", str(plain), "--model_name_or_path", str(tmp_path / "checkpoint")]
     with pytest.raises(ValueError, match="The tokenizer has 400 tokens"):
         trilm([*argv, "--tokenizer_name_or_path", str(tmp_path / "bigger")])
+    # Another model's tokenizer, smaller and with no clashing ids, is refused too, naming both: an encoder's
+    # tokenizer (no EOS) for continued pretraining of the decoder; the byte tokenizer (no MASK) for an encoder.
+    encoder_tokenizer = train_tokenizer(texts=texts, kind="wordpiece", vocab_size=262, family="encoder")
+    encoder_tokenizer.save_pretrained(tmp_path / "encoder-tokenizer")
+    with pytest.raises(ValueError, match=r"The tokenizer \(.*encoder-tokenizer\) does not fit the model \(.*checkpoint\).*no (BOS|EOS) token"):
+        trilm([*argv, "--tokenizer_name_or_path", str(tmp_path / "encoder-tokenizer")])
+    TrilmEncoderForMaskedLM(TrilmEncoderConfig(**config_values(encoder_tokenizer, TrilmEncoderConfig), hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=1, num_attention_heads=4)).save_pretrained(tmp_path / "encoder")
+    encoder = tiny_config(tmp_path, "encoder", model=None, tokenizer=None, output_dir=str(tmp_path / "small"))
+    with pytest.raises(ValueError, match="no MASK token"):
+        trilm(["pretrain", "--config", str(encoder), "--model_name_or_path", str(tmp_path / "encoder"), "--tokenizer_name_or_path", str(tmp_path / "bytes")])
     seq2seq = tiny_config(tmp_path, "seq2seq", tokenizer=None)
     with pytest.raises(ValueError, match="sentinel tokens"):
         trilm(["pretrain", "--config", str(seq2seq), "--tokenizer_name_or_path", str(tmp_path / "bytes")])

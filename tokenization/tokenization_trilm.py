@@ -288,16 +288,30 @@ def config_values(tokenizer, config_class) -> dict:
 
 
 def check_tokenizer_matches(tokenizer, config) -> None:
-    """Raise a `ValueError` saying what to fix when `tokenizer` and a model `config` disagree."""
+    """Raise a `ValueError` saying what to fix when `tokenizer` and a model `config` disagree: ids beyond the
+    embedding, a vocabulary far smaller than the model's (another model's tokenizer: a padded vocabulary may
+    leave up to 1%, at least 256, ids unused), no PAD token, or a special token id the config sets that the
+    tokenizer has at another id, or not at all (a tokenizer made for another family)."""
     if len(tokenizer) > config.vocab_size:
         raise ValueError(
             f"The tokenizer has {len(tokenizer)} tokens (ids up to {len(tokenizer) - 1}) but the model's vocab_size is "
             f"{config.vocab_size}: ids beyond it have no embedding. Build the config with config_values(tokenizer, ...) "
             "or call model.resize_token_embeddings(len(tokenizer))."
         )
+    unused = config.vocab_size - len(tokenizer)
+    if unused > max(256, config.vocab_size // 100):
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens and the model's vocabulary {config.vocab_size}: it is not the "
+            "tokenizer the model was trained with. Use the checkpoint's own tokenizer (leave tokenizer_name_or_path unset)."
+        )
     if tokenizer.pad_token_id is None:
         raise ValueError("The tokenizer has no PAD token: batches cannot be padded. Set tokenizer.pad_token (distinct from EOS).")
     for name in _SPECIAL_IDS:
         ours, theirs = getattr(tokenizer, name, None), getattr(config, name, None)
+        if theirs is not None and ours is None:
+            raise ValueError(
+                f"config.{name}={theirs} but the tokenizer has no {name.removesuffix('_token_id').upper()} token: it was made for "
+                "another kind of model. Use the checkpoint's own tokenizer, or one trained for this family."
+            )
         if ours is not None and theirs is not None and ours != theirs:
             raise ValueError(f"config.{name}={theirs} but the tokenizer's is {ours}: set config.{name}={ours}.")

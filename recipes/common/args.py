@@ -24,6 +24,17 @@ def launch_defaults() -> dict:
 
 
 def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str, defaults: dict | None = None) -> tuple:
+    """The dataclasses of `dataclass_types` from `--config FILE.yaml` and `--key value` flags (flags win over the
+    YAML, the YAML over `defaults`). `--help` prints the short help (trilm's arguments, then the trainer's most
+    used), `--help-all` every field of every class; both exit."""
+    if "--help-all" in argv:
+        full = HfArgumentParser(dataclass_types, prog=prog, allow_abbrev=False)
+        full.add_argument("--config", help="YAML file whose keys give the defaults of the flags below")
+        full.print_help()
+        raise SystemExit(0)
+    if wants_help(argv):
+        print(short_help(dataclass_types, prog, defaults or {}))
+        raise SystemExit(0)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
@@ -43,6 +54,58 @@ def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str, de
         if hasattr(args, "bf16"):
             args.bf16_reason = bf16_reason  # the run folder records the precision and why (output.write_arguments)
     return tuple(parsed)
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(flag in ("-h", "--help", "--help-all") for flag in argv)
+
+
+# The fields of the libraries' argument classes (TrainingArguments, TRL's configs and ModelConfig) that the short
+# help lists; `--help-all` lists every one.
+COMMON_FIELDS = (
+    "output_dir", "do_train", "do_eval", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "per_device_eval_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type", "warmup_steps",
+    "weight_decay", "bf16", "gradient_checkpointing", "torch_compile", "eval_strategy", "eval_steps", "save_strategy",
+    "save_steps", "logging_steps", "load_best_model_at_end", "metric_for_best_model", "seed", "resume_from_checkpoint",
+    "report_to", "push_to_hub", "hub_model_id", "predict_with_generate", "generation_num_beams", "label_names",
+    "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save", "load_in_4bit",
+    "max_length", "packing", "assistant_only_loss", "beta", "loss_type", "num_generations", "max_completion_length",
+    "num_iterations", "temperature", "reward_weights",
+)
+
+
+def _owner(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in getattr(c, "__annotations__", {}))
+
+
+def _metavar(field: dataclasses.Field) -> str:
+    kind = str(field.type)
+    for word, metavar in (("bool", "true|false"), ("dict", "MAPPING"), ("list", "A B ..."), ("float", "FLOAT"), ("int", "INT")):
+        if word in kind:
+            return metavar
+    return "VALUE"
+
+
+def short_help(dataclass_types: tuple[type, ...], prog: str, defaults: dict) -> str:
+    """`--help`: `--config` first, then trilm's own arguments by class, then the most used fields of the
+    libraries' classes; each flag once, its default where it has one."""
+    lines = [f"usage: {prog} --config FILE.yaml [--key value ...]", "",
+             "  --config FILE.yaml   a YAML file, or a preset's name (recipes/configs/), whose keys give the defaults of the flags below",
+             "  --help-all           every field of the argument classes below (transformers' and TRL's included)"]
+    for cls in dataclass_types:
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        own = [f for f in fields if _owner(cls, f.name).__module__.startswith("trilm.")]
+        common = [f for f in fields if f not in own and f.name in COMMON_FIELDS]
+        lines += ["", cls.__name__ + (f" (the most used of its {len(fields)} fields)" if len(own) < len(fields) else "") + ":"]
+        for f in own + common:
+            default = defaults.get(f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+            text = " ".join(str(f.metadata.get("help", "")).replace("%%", "%").split())
+            if f.name == "bf16":
+                default = "auto"
+            if default not in (None, "", [], {}, dataclasses.MISSING) and "default" not in text.lower():
+                text += f" (default: {getattr(default, 'value', default)})"
+            lines.append(f"  --{f.name} {_metavar(f)}".ljust(38) + (" " + text if text else ""))
+    return "\n".join(lines)
 
 
 def take_bf16(argv: list[str], configured) -> tuple[list[str], bool | None]:

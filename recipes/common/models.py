@@ -31,6 +31,32 @@ PRETRAINING_HEADS = {"encoder": AutoModelForMaskedLM, "decoder": AutoModelForCau
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram", "byte")
 
 
+def looks_local(name: str) -> bool:
+    """Whether `name` means a path on this machine rather than a Hub id (`namespace/name`): it starts with `.`,
+    `/`, `~` or `runs/`, has more than one `/`, ends with a file suffix such as `.gguf`, or its first part is
+    a folder here."""
+    first = name.split("/", 1)[0]
+    return (name.startswith((".", "/", "~", "runs/")) or name.count("/") > 1 or "\\" in name
+            or Path(name).suffix in (".gguf", ".json", ".yaml", ".safetensors") or (first != name and Path(first).is_dir()))
+
+
+def check_source(name: str | None, option: str) -> None:
+    """A ValueError, before any Hub call, where `name` is meant as a local folder or file and is none."""
+    if name is not None and not Path(name).expanduser().exists() and looks_local(name):
+        raise ValueError(f"{option}={name}: no such folder or file here (check the path; a recipe's output_dir holds a checkpoint).")
+
+
+def hub_config(name: str):
+    """The config of a Hub model, with one-line error where it is not there or the Hub cannot be reached."""
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise ValueError(f"{name} holds no config.json: it is no checkpoint folder (a recipe's output_dir is one).")
+    try:
+        return AutoConfig.from_pretrained(name)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{name} is no folder here, and no Hub model could be loaded under that name: {reason}") from None
+
+
 def as_mapping(value, name: str) -> dict:
     """A `model:` / `tokenizer:` value: a mapping from YAML, or a YAML/JSON string from the command line."""
     if value is None:
@@ -61,6 +87,8 @@ class ModelArguments:
     def __post_init__(self):
         self.model = as_mapping(self.model, "model")
         self.tokenizer = as_mapping(self.tokenizer, "tokenizer")
+        check_source(self.model_name_or_path, "model_name_or_path")
+        check_source(self.tokenizer_name_or_path, "tokenizer_name_or_path")
         if self.model_name_or_path is None and self.family is None:
             raise ValueError(f"Give family ({', '.join(CONFIGS)}) for a new model, or model_name_or_path to start from one.")
         if self.family is not None and self.family not in CONFIGS:
@@ -86,7 +114,7 @@ def checkpoint_family(path: str) -> tuple[str, str]:
     """(model_type, family) of a checkpoint folder or Hub name (of its base, for an adapter folder), from its config."""
     path = adapter_base(path) or path
     local = Path(path) / "config.json"
-    model_type = json.loads(local.read_text())["model_type"] if local.is_file() else AutoConfig.from_pretrained(path).model_type
+    model_type = json.loads(local.read_text())["model_type"] if local.is_file() else hub_config(path).model_type
     family = FAMILY_OF_MODEL_TYPE.get(model_type) or CONVERTIBLE.get(model_type)
     if family is None:
         raise ValueError(
@@ -158,7 +186,7 @@ def max_positions(args: ModelArguments, family: str) -> int:
     if args.model_name_or_path is None:
         config = CONFIGS[family](**args.model)
     else:
-        config = AutoConfig.from_pretrained(adapter_base(args.model_name_or_path) or args.model_name_or_path)
+        config = hub_config(adapter_base(args.model_name_or_path) or args.model_name_or_path)
     return config.max_position_embeddings
 
 
@@ -189,6 +217,11 @@ def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, args.model_name_or_path, is_trainable=True)
-    check_tokenizer_matches(tokenizer, model.config)
+    try:
+        check_tokenizer_matches(tokenizer, model.config)
+    except ValueError as error:
+        model_source = args.model_name_or_path or f"the new {family} model"
+        tokenizer_source = args.tokenizer_name_or_path or ("the tokenizer trained in this run" if args.tokenizer else model_source)
+        raise ValueError(f"The tokenizer ({tokenizer_source}) does not fit the model ({model_source}): {error}") from None
     return model
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from transformers import TrainerCallback
 
 from .models import FAMILY_OF_MODEL_TYPE
 from .runtime import RunArguments, hardware_record
@@ -54,9 +55,95 @@ def run_hardware(*arguments) -> dict:
 
 def record_arguments(arguments: tuple) -> None:
     """`trilm_args.yaml` in the output folder before training starts (main process), so that an interrupted
-    run can be run again; `arguments` end with the trainer's."""
+    run can be run again, and the folder named on the terminal; `arguments` end with the trainer's."""
     if arguments[-1].process_index == 0:
         write_arguments(arguments[-1].output_dir, *arguments)
+        print(f"trilm: this run writes {arguments[-1].output_dir}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ progress
+class RunProgress(TrainerCallback):
+    """What a run shows while it trains: Trainer's progress bar named for the stage, with the loss as it is
+    logged instead of a printed dict per log, and evaluation results as one line. A short run logs about ten
+    times: where `logging_steps` is left at Trainer's default (500) and the run is shorter than ten times that."""
+
+    TRAINER_DEFAULT_LOGGING_STEPS = 500
+
+    def __init__(self, title: str, bar: bool = True):
+        self.title, self.bar, self.training_bar = title, bar, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.logging_strategy == "steps" and args.logging_steps == self.TRAINER_DEFAULT_LOGGING_STEPS:
+            state.logging_steps = max(1, min(state.logging_steps, state.max_steps // 10))
+        if self.bar and state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            self.training_bar = tqdm(total=state.max_steps, desc=self.title, dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.training_bar is not None:
+            self.training_bar.update(state.global_step - self.training_bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is None or not logs:
+            return
+        shown = {key: value for key, value in logs.items() if key in ("loss", "eval_loss", "reward", "objective/scores", "learning_rate")}
+        if shown:
+            self.training_bar.set_postfix({key: f"{value:.4g}" for key, value in shown.items()}, refresh=False)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.training_bar is not None and metrics:
+            figures = "  ".join(f"{key} {value:.4g}" for key, value in headline(metrics).items())
+            self.training_bar.write(f"{self.title} step {state.global_step}: {figures}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.training_bar is not None:
+            self.training_bar.close()
+            self.training_bar = None
+
+
+def show_progress(trainer, title: str):
+    """`trainer` with `RunProgress` instead of Trainer's own progress bar (or, with `disable_tqdm`, beside its
+    printed logs); returns the trainer."""
+    from transformers.trainer_callback import ProgressCallback
+
+    if not trainer.args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(RunProgress(title, bar=not trainer.args.disable_tqdm))
+    return trainer
+
+
+def headline(metrics: dict, count: int = 4) -> dict:
+    """The run's headline figures: its eval_* metrics (timings left out), at most `count`, eval_loss last."""
+    scores = {key: value for key, value in metrics.items() if key.startswith("eval_") and isinstance(value, (int, float))
+              and not key.endswith(("_runtime", "_per_second")) and key not in ("eval_epoch", "eval_perplexity")}
+    ordered = sorted(scores, key=lambda key: (key == "eval_loss", key))
+    return {key: scores[key] for key in ordered[:count]}
+
+
+def next_step(recipe: str, family: str, output_dir: str, task: str | None) -> str:
+    """The command a user is likely to run next on this folder."""
+    if family == "decoder" and (recipe in ("dpo", "rlhf") or task == "sft"):
+        return f"trilm generate --model_name_or_path {output_dir} --chat true"
+    if recipe == "reward":
+        return f"trilm rlhf --model_name_or_path <the SFT run> --reward_model_name_or_path {output_dir}"
+    if recipe == "pretrain":
+        return {"decoder": f"trilm generate --model_name_or_path {output_dir} --prompt \"...\"  (or trilm finetune --task sft ...)",
+                "encoder": f"trilm finetune --task sequence-classification --model_name_or_path {output_dir} ...",
+                "seq2seq": f"trilm finetune --task seq2seq --model_name_or_path {output_dir} ..."}[family]
+    return f"trilm push --output_dir {output_dir} --repo_id you/{Path(output_dir).name}  (or trilm export ...)"
+
+
+def print_summary(recipe: str, model, output_dir: Path, metrics: dict, task: str | None) -> None:
+    """The block a run ends with: where it saved, its headline figures, and the next step."""
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    family = FAMILY_OF_MODEL_TYPE.get(config.model_type, config.model_type)
+    figures = {**({"train_loss": metrics["train_loss"]} if "train_loss" in metrics else {}), **headline(metrics)}
+    took = f" in {metrics['wall_time']:.0f} s" if "wall_time" in metrics else ""
+    print(f"\ntrilm {recipe}{f' ({task})' if task else ''}: done{took}, saved in {output_dir}")
+    if figures:
+        print("  " + "  ".join(f"{key} {value:.4g}" for key, value in figures.items()))
+    print(f"  next: {next_step(recipe, family, str(output_dir), task)}", flush=True)
 
 
 def write_arguments(output_dir: str, *arguments) -> None:
@@ -70,12 +157,25 @@ def write_arguments(output_dir: str, *arguments) -> None:
 
 
 def loss_curves(log_history: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(train, eval) loss points by step; a run that logged no training loss gets its final average, so that a
+    plot is never empty."""
     train = [(row["step"], row["loss"]) for row in log_history if "loss" in row]
+    if not train:
+        train = [(row["step"], row["train_loss"]) for row in log_history if "train_loss" in row]
     evaluation = [(row["step"], row["eval_loss"]) for row in log_history if "eval_loss" in row]
     return train, evaluation
 
 
-def plot_loss(log_history: list[dict], path: Path, title: str) -> None:
+# What the loss of each recipe (and finetune task) measures, for the plot's axis.
+LOSS_UNITS = {
+    "pretrain": "nats per token", "sft": "nats per token", "seq2seq": "nats per token",
+    "sequence-classification": "cross-entropy per example", "token-classification": "cross-entropy per token",
+    "question-answering": "mean of start and end cross-entropy", "reward": "-log sigmoid(chosen - rejected)",
+    "dpo": "DPO loss, -log sigmoid(beta x margin)", "rlhf": "policy loss",
+}
+
+
+def plot_loss(log_history: list[dict], path: Path, title: str, unit: str = "nats per token") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,14 +183,15 @@ def plot_loss(log_history: list[dict], path: Path, title: str) -> None:
 
     train, evaluation = loss_curves(log_history)
     figure, axes = plt.subplots(figsize=(6, 4))
-    for points, label, style in ((train, "train loss", "-"), (evaluation, "eval loss", "o-")):
+    for points, label, style in ((train, "train loss", "o-" if len(train) < 3 else "-"), (evaluation, "eval loss", "o-")):
         if points:
             axes.plot(*zip(*points), style, label=label)
     axes.set_xlabel("step")
-    axes.set_ylabel("loss (nats per token)")
+    axes.set_ylabel(f"loss ({unit})")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    if train or evaluation:
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -242,9 +343,12 @@ def save_run(trainer, tokenizer, recipe: str, arguments: tuple, metrics: dict, d
     write_arguments(str(output_dir), *arguments)
     metrics.update(run_hardware(*arguments))
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    plot_loss(trainer.state.log_history, output_dir / "loss.png", f"trilm {recipe}")
+    task = getattr(arguments[2], "task", None) if len(arguments) > 2 else None
+    plot_loss(trainer.state.log_history, output_dir / "loss.png", f"trilm {recipe}" + (f" ({task})" if task else ""),
+              LOSS_UNITS.get(task or recipe, "as the trainer computes it"))
     model = trainer.accelerator.unwrap_model(trainer.model)
     (output_dir / "README.md").write_text(model_card(model, recipe, metrics, data, arguments))
+    print_summary(recipe, model, output_dir, metrics, task)
     if trainer.args.push_to_hub:
         push_folder(output_dir, trainer.args.hub_model_id or output_dir.name, private=trainer.args.hub_private_repo,
                     token=trainer.args.hub_token, commit_message=f"trilm {recipe}")

@@ -14,7 +14,7 @@ from ..common.chat import assistant_turn, chat_stops, turn_texts, user_turn
 from ..common.data import column_names, load_raw_datasets
 from ..common.lora import lora_config
 from ..common.models import load_model, load_tokenizer
-from ..common.output import final_metrics, finish, record_arguments
+from ..common.output import final_metrics, finish, record_arguments, show_progress
 
 FAMILIES = ("decoder",)
 
@@ -84,6 +84,7 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    show_progress(trainer, "finetune sft")
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
     if "validation" in chats and training_args.do_eval:
