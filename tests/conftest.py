@@ -24,15 +24,17 @@ from trilm.configuration import TrilmDecoderConfig, TrilmEncoderConfig, TrilmSeq
 torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_MODELS = SHARED_DATA.parent / "models"
 
 
 def pytest_collection_modifyitems(config, items):
-    if SHARED_DATA.is_dir():
-        return
-    skip = pytest.mark.skip(reason=f"realdata: {SHARED_DATA} is absent (CI has it)")
-    for item in items:
-        if "realdata" in item.keywords:
-            item.add_marker(skip)
+    for marker, folder in (("realdata", SHARED_DATA), ("realmodel", SHARED_MODELS)):
+        if folder.is_dir():
+            continue
+        skip = pytest.mark.skip(reason=f"{marker}: {folder} is absent (CI has it)")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

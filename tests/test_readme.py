@@ -72,6 +72,6 @@ def test_readme_shell_examples_run_in_order(tmp_path, shared_data, monkeypatch, 
         monkeypatch.setattr(sys, "stdin", io.StringIO("Where does Kalo Mira live?\n/exit\n"))
         assert trilm([*argv, *QUICK.get(argv[0], [])]) == 0, argv
     assert captured_uploads and {"README.md", "trilm_args.yaml"} <= set(captured_uploads[0]["files"])
-    for folder in ("quickstart/encoder", "quickstart/sft", "classify", "finetune-sst2", "translate-multi30k", "reward", "grpo", "ppo", "dpo"):
+    for folder in ("quickstart/encoder", "quickstart/sft", "classify", "finetune-sst2", "translate", "reward", "grpo", "ppo", "dpo"):
         assert (work / "runs" / folder / "metrics.json").is_file(), folder
     assert list((work / "runs" / "export" / "gguf").glob("*.gguf")) and (work / "runs" / "tok" / "tokenizer.json").is_file()

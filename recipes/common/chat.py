@@ -60,3 +60,96 @@ def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
         replies += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return [reply.strip() for reply in replies]
+
+
+# --------------------------------------------------------------------------- training copies of a template
+# TRL's assistant-only loss needs `{% generation %}` markers around what the assistant writes; most small chat
+# checkpoints ship ChatML templates without them, and TRL patches only templates it knows by their exact text.
+CHATML_TRAINING_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' and DEFAULT_SYSTEM %}{{ '<|im_start|>system\\n' + DEFAULT_SYSTEM + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+PROBES = (  # conversations a training copy must render exactly as the original does
+    [{"role": "user", "content": "Hi there"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+     {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6"}],
+)
+
+
+def renders_as(tokenizer, template: str) -> bool:
+    """Whether `template` renders every probe conversation, with and without the generation prompt, exactly as
+    the tokenizer's own template does."""
+    try:
+        return all(
+            tokenizer.apply_chat_template(probe, chat_template=template, tokenize=False, add_generation_prompt=prompt)
+            == tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=prompt)
+            for probe in PROBES for prompt in (False, True)
+        )
+    except Exception:  # a template that cannot render a probe (e.g. one that refuses a system turn)
+        return False
+
+
+def chatml_training_template(tokenizer) -> str | None:
+    """A ChatML template with `{% generation %}` markers that renders exactly as the tokenizer's own (its default
+    system turn included, read off a rendering), or None where no such copy matches."""
+    rendered = tokenizer.apply_chat_template(PROBES[0], tokenize=False)
+    if "<|im_start|>" not in rendered:
+        return None
+    default_system = ""
+    if rendered.startswith("<|im_start|>system\n"):
+        default_system = rendered[len("<|im_start|>system\n") : rendered.index("<|im_end|>")]
+    template = CHATML_TRAINING_TEMPLATE.replace("DEFAULT_SYSTEM", repr(default_system))
+    return template if renders_as(tokenizer, template) else None
+
+
+def prefix_preserving(tokenizer) -> bool:
+    """Whether a prompt rendered with the generation prompt is a prefix of the prompt and its reply rendered
+    together: what TRL's prompt/completion masking needs."""
+    prompt, reply = PROBES[1][:1], PROBES[1][1:]
+    start = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(prompt + reply, tokenize=False).startswith(start)
+
+
+def training_chat_template(tokenizer) -> tuple[str | None, str]:
+    """How SFT can put the loss on assistant tokens with this tokenizer's chat template: (template, how), where
+    `how` is "the markers" (the template has generation markers), "TRL's training copy", "a ChatML training
+    copy" (both render as the original), or "prompt/completion masking" (template None: each conversation's last
+    reply is the completion). A ValueError where none works."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if template is None:
+        raise ValueError("sft renders conversations through the tokenizer's chat template, and this tokenizer has none.")
+    if has_generation_markers(template):
+        return template, "the markers"
+    try:
+        patched = get_training_chat_template(tokenizer)
+        if patched is not None:
+            return patched, "TRL's training copy"
+    except ValueError:
+        pass
+    patched = chatml_training_template(tokenizer)
+    if patched is not None:
+        return patched, "a ChatML training copy"
+    if prefix_preserving(tokenizer):
+        return None, "prompt/completion masking"
+    raise ValueError(
+        "The tokenizer's chat template has no {% generation %} markers, trilm cannot make a training copy of it, and a "
+        "prompt rendered alone is no prefix of the prompt with its reply, so replies cannot be masked either: pass a "
+        "template with {% generation %} markers around the assistant's text (SFTConfig's chat_template_path), or "
+        "assistant_only_loss false to train on every token."
+    )
+
+
+def last_reply_as_completion(row: dict) -> dict:
+    """A `messages` conversation as TRL's prompt/completion: every turn before the last assistant reply, and it."""
+    if "messages" not in row:
+        return row
+    turns = row["messages"]
+    last = max((i for i, turn in enumerate(turns) if turn["role"] == "assistant"), default=len(turns) - 1)
+    return {"prompt": turns[:last], "completion": turns[last : last + 1]}

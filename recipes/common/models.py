@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import (
     AutoConfig,
@@ -44,6 +45,24 @@ def check_source(name: str | None, option: str) -> None:
     """A ValueError, before any Hub call, where `name` is meant as a local folder or file and is none."""
     if name is not None and not Path(name).expanduser().exists() and looks_local(name):
         raise ValueError(f"{option}={name}: no such folder or file here (check the path; a recipe's output_dir holds a checkpoint).")
+
+
+def gguf_file(name: str) -> tuple[str, str] | None:
+    """(folder, file name) of a `.gguf` file, which transformers' GGUF loader reads (dequantized) with the `gguf`
+    package; None for anything else."""
+    if Path(name).suffix != ".gguf":
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ValueError(f"{name} is a GGUF file, which transformers reads with the gguf package: pip install 'trilm[gguf]'.")
+    return str(Path(name).parent), Path(name).name
+
+
+def source_config(name: str):
+    """The transformers config of a checkpoint folder, a Hub name or a `.gguf` file."""
+    gguf = gguf_file(name)
+    return AutoConfig.from_pretrained(gguf[0], gguf_file=gguf[1]) if gguf else hub_config(name)
 
 
 def hub_config(name: str):
@@ -114,7 +133,7 @@ def checkpoint_family(path: str) -> tuple[str, str]:
     """(model_type, family) of a checkpoint folder or Hub name (of its base, for an adapter folder), from its config."""
     path = adapter_base(path) or path
     local = Path(path) / "config.json"
-    model_type = json.loads(local.read_text())["model_type"] if local.is_file() else hub_config(path).model_type
+    model_type = json.loads(local.read_text())["model_type"] if local.is_file() else source_config(path).model_type
     family = FAMILY_OF_MODEL_TYPE.get(model_type) or CONVERTIBLE.get(model_type)
     if family is None:
         raise ValueError(
@@ -145,7 +164,8 @@ def load_tokenizer(args: ModelArguments, family: str, texts=None):
     if source is None and args.model_name_or_path and not args.tokenizer:
         source = args.model_name_or_path
     if source is not None:
-        return AutoTokenizer.from_pretrained(source)
+        gguf = gguf_file(source)
+        return AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1]) if gguf else AutoTokenizer.from_pretrained(source)
     options = dict(args.tokenizer)
     kind = options.pop("kind", "bpe")
     if kind == "byte":
@@ -186,8 +206,27 @@ def max_positions(args: ModelArguments, family: str) -> int:
     if args.model_name_or_path is None:
         config = CONFIGS[family](**args.model)
     else:
-        config = hub_config(adapter_base(args.model_name_or_path) or args.model_name_or_path)
+        config = source_config(adapter_base(args.model_name_or_path) or args.model_name_or_path)
     return config.max_position_embeddings
+
+
+def distinct_pad(tokenizer) -> bool:
+    """A PAD token distinct from EOS, where the tokenizer has none or pads with EOS (as most Llama-family chat
+    checkpoints do): the reward head reads the last non-pad token, and batched generation would stop a padded
+    row at once. An unused special token of the tokenizer (one its chat template and the BOS/EOS/UNK roles do
+    not use) becomes PAD, else a new `<pad>`. Returns whether a token was added (the embeddings then grow)."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    taken = {tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id}
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else str(tokenizer.chat_template or "")
+    unused = [token for token in [*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()]
+              if tokenizer.convert_tokens_to_ids(token) not in taken and token not in template]
+    named = [token for token in unused if "pad" in token.lower()]
+    if named or unused:
+        tokenizer.pad_token = (named or unused)[0]
+        return False
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return True
 
 
 def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **config_fields):
@@ -197,6 +236,10 @@ def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **
     auto_class = auto_class or PRETRAINING_HEADS[family]
     extra = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     source = args.model_name_or_path and (adapter_base(args.model_name_or_path) or args.model_name_or_path)
+    added_pad = False
+    if family == "decoder" and source is not None:  # the checkpoint's config takes the tokenizer's own PAD
+        added_pad = distinct_pad(tokenizer)
+        config_fields = {"pad_token_id": tokenizer.pad_token_id, **config_fields}
     if source is None:
         config = CONFIGS[family](**{**config_values(tokenizer, CONFIGS[family]), **args.model, **config_fields})
         model = auto_class.from_config(config, **extra)
@@ -205,18 +248,31 @@ def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **
         quantization = quantization_kwargs(args)
         if model_type in FAMILY_OF_MODEL_TYPE:
             model = auto_class.from_pretrained(source, **extra, **quantization, **config_fields)
+            if added_pad:
+                model.resize_token_embeddings(len(tokenizer))
         elif quantization:
             raise ValueError(
                 f"load_in_4bit / load_in_8bit quantize a trilm checkpoint as it loads, and {source} is a {model_type} folder: "
                 "convert it first (trilm.modeling.interop.from_transformers, then save_pretrained) and start from that folder."
             )
-        else:  # a sentence-transformers BERT keeps its pooling (and normalisation) for the pooled heads
-            pooling = sentence_transformers_fields(source) if family == "encoder" else {}
-            model = from_transformers(auto_class.from_pretrained(source, **config_fields), **pooling)
+        else:  # transformers' class, converted; a GGUF file dequantized to float32 by transformers' loader
+            gguf = gguf_file(source)
+            native = (auto_class.from_pretrained(gguf[0], gguf_file=gguf[1], dtype=torch.float32, **config_fields) if gguf
+                      else auto_class.from_pretrained(source, **config_fields))
+            if added_pad:
+                native.resize_token_embeddings(len(tokenizer))
+            # a sentence-transformers BERT keeps its pooling (and normalisation) for the pooled heads
+            model = from_transformers(native, **(sentence_transformers_fields(source) if family == "encoder" else {}))
+    if family == "decoder" and source is not None and model.name_or_path != source:
+        # A converted Llama keeps Llama's module names: its adapters name the folder (or file) as their base, so that
+        # PEFT's AutoPeftModelForCausalLM loads them onto transformers' own Llama.
+        model.name_or_path = model.config._name_or_path = source
     if source != args.model_name_or_path:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, args.model_name_or_path, is_trainable=True)
+    if getattr(model, "generation_config", None) is not None and family == "decoder":
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     try:
         check_tokenizer_matches(tokenizer, model.config)
     except ValueError as error:

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from trl import SFTTrainer
 
 from ..common.answers import answer_metrics, held_out_questions
-from ..common.chat import assistant_turn, chat_stops, turn_texts, user_turn
+from ..common.chat import assistant_turn, chat_stops, last_reply_as_completion, training_chat_template, turn_texts, user_turn
 from ..common.data import column_names, load_raw_datasets
 from ..common.lora import lora_config
 from ..common.models import load_model, load_tokenizer
@@ -65,8 +65,14 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
     questions = held_out_questions(data_args, raw)
     chats = conversations(raw)
     tokenizer = load_tokenizer(model_args, family, texts=turn_texts(chats["train"], ("messages", "prompt", "completion")))
-    if tokenizer.chat_template is None:
-        raise ValueError("sft renders conversations through the tokenizer's chat template, and this tokenizer has none.")
+    # The loss on assistant tokens: through the checkpoint's own template where it marks them, else a training
+    # copy that renders the same text with the markers, else with each conversation's last reply as the completion.
+    shipped = tokenizer.chat_template
+    template, how = training_chat_template(tokenizer) if training_args.assistant_only_loss else (shipped, "every token")
+    print(f"trilm finetune (sft): the loss on assistant tokens, through {how} of the chat template", flush=True)
+    if template is None:
+        chats = chats.map(last_reply_as_completion, remove_columns=[c for c in ("messages",) if c in column_names(chats["train"])])
+        training_args.assistant_only_loss = False
     model = load_model(model_args, family, tokenizer, AutoModelForCausalLM)
     model.generation_config.eos_token_id = chat_stops(tokenizer)
     arguments = (model_args, data_args, args, training_args)
@@ -76,6 +82,7 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
     new_adapter = model_args.use_peft and not hasattr(model, "peft_config")  # an adapter folder comes with its adapter
     peft_config = lora_config(model, model_args, "CAUSAL_LM") if new_adapter else None
     record_arguments(arguments)
+    tokenizer.chat_template = template or shipped
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -84,6 +91,7 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    tokenizer.chat_template = shipped  # the data is tokenized: the saved tokenizer keeps the checkpoint's template
     show_progress(trainer, "finetune sft")
     if training_args.do_train:
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
