@@ -113,11 +113,16 @@ def show_progress(trainer, title: str):
     return trainer
 
 
+# The figures a run is judged by, first where a run has them.
+HEADLINE = ("eval_reward_accuracy", "eval_rewards/accuracies", "eval_answer_accuracy", "eval_answer_accuracy_before_training",
+            "eval_accuracy", "eval_f1", "eval_exact_match", "eval_bleu", "eval_rougeL", "eval_loss")
+
+
 def headline(metrics: dict, count: int = 4) -> dict:
-    """The run's headline figures: its eval_* metrics (timings left out), at most `count`, eval_loss last."""
+    """The run's headline figures: its eval_* metrics (timings left out), at most `count`, those of HEADLINE first."""
     scores = {key: value for key, value in metrics.items() if key.startswith("eval_") and isinstance(value, (int, float))
               and not key.endswith(("_runtime", "_per_second")) and key not in ("eval_epoch", "eval_perplexity")}
-    ordered = sorted(scores, key=lambda key: (key == "eval_loss", key))
+    ordered = sorted(scores, key=lambda key: (HEADLINE.index(key) if key in HEADLINE else len(HEADLINE), key))
     return {key: scores[key] for key in ordered[:count]}
 
 
