@@ -108,6 +108,8 @@ class TrilmConfig(PreTrainedConfig):
     scale_embedding: bool = False
     embedding_norm: bool = False
     attention_bias: bool = False
+    attention_output_bias: bool | None = None  # o_proj's bias; None: as attention_bias (Qwen2: q/k/v biased, o not)
+    qk_norm: bool = False  # a norm over each head's queries and keys before RoPE (Qwen3)
     mlp_bias: bool = False
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0

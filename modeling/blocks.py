@@ -48,10 +48,12 @@ class RMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
-def make_norm(config: TrilmConfig) -> nn.Module:
+def make_norm(config: TrilmConfig, size: int | None = None) -> nn.Module:
+    """The config's norm over the last `size` features (default: the hidden size)."""
+    size = size or config.hidden_size
     if config.norm_type == "rmsnorm":
-        return RMSNorm(config.hidden_size, eps=config.norm_eps)
-    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
+        return RMSNorm(size, eps=config.norm_eps)
+    return nn.LayerNorm(size, eps=config.norm_eps, bias=config.norm_bias)
 
 
 # ------------------------------------------------------------------------------ position embeddings
@@ -248,8 +250,12 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, q_size, bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, kv_size, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, kv_size, bias=config.attention_bias)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias)
+        output_bias = getattr(config, "attention_output_bias", None)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=config.attention_bias if output_bias is None else output_bias)
         self.o_proj.writes_residual = True
+        self.qk_norm = getattr(config, "qk_norm", False)
+        if self.qk_norm:  # per head, before RoPE (Qwen3)
+            self.q_norm, self.k_norm = make_norm(config, self.head_dim), make_norm(config, self.head_dim)
 
     def forward(
         self,
@@ -262,13 +268,16 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         if self.is_cross_attention:
-            query_states = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+            query_states = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim)
+            query_states = (self.q_norm(query_states) if self.qk_norm else query_states).transpose(1, 2)
             key_states, value_states = self._cross_key_values(key_value_states, cache)
         else:
             # (batch, seq, heads, head_dim) while RoPE runs: contiguous, so its elementwise ops are fast.
             query_states, key_states, value_states = (
                 proj(hidden_states).view(*input_shape, -1, self.head_dim) for proj in (self.q_proj, self.k_proj, self.v_proj)
             )
+            if self.qk_norm:
+                query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
             if position_embeddings is not None:
                 query_states, key_states = rotate(query_states, *position_embeddings), rotate(key_states, *position_embeddings)
             query_states, key_states, value_states = (t.transpose(1, 2) for t in (query_states, key_states, value_states))
@@ -303,7 +312,8 @@ class Attention(nn.Module):
         if cross_cache is not None and cache.is_updated.get(self.layer_idx):
             return cross_cache.layers[self.layer_idx].keys, cross_cache.layers[self.layer_idx].values
         kv_shape = (*key_value_states.shape[:-1], -1, self.head_dim)
-        key_states = self.k_proj(key_value_states).view(kv_shape).transpose(1, 2)
+        key_states = self.k_proj(key_value_states).view(kv_shape)
+        key_states = (self.k_norm(key_states) if self.qk_norm else key_states).transpose(1, 2)
         value_states = self.v_proj(key_value_states).view(kv_shape).transpose(1, 2)
         if cross_cache is not None:
             key_states, value_states = cross_cache.update(key_states, value_states, self.layer_idx)

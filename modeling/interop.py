@@ -27,6 +27,14 @@ from transformers import (
     LlamaForCausalLM,
     LlamaForSequenceClassification,
     LlamaModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2ForSequenceClassification,
+    Qwen2Model,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    Qwen3ForSequenceClassification,
+    Qwen3Model,
     PreTrainedModel,
 )
 from transformers.utils import cached_file
@@ -135,11 +143,54 @@ LLAMA = Adapter(
         position_embedding_type="rope",
         embedding_norm=False,
         scale_embedding=False,
+        qk_norm=False,
     ),
     renames=[
         (".input_layernorm.", ".self_attn_norm."),
         (".post_attention_layernorm.", ".mlp_norm."),
     ],
+    # o_proj's bias is attention_bias's in a Llama
+    implied=lambda config: {"attention_output_bias": config.attention_output_bias if config.attention_output_bias in (None, config.attention_bias) else None},
+)
+
+
+def _qwen_extras(model: PreTrainedModel) -> dict:
+    """Qwen2 and Qwen3 layers can attend within a sliding window, which trilm's attention does not express."""
+    if getattr(model.config, "use_sliding_window", False) and "sliding_attention" in (model.config.layer_types or []):
+        raise ValueError(f"{type(model).__name__} with use_sliding_window=True: trilm's attention has no sliding window.")
+    return {}
+
+
+_QWEN_FIELDS = tuple(name for name in LLAMA.same_fields if name not in ("attention_bias", "mlp_bias", "head_dim"))
+QWEN2 = Adapter(  # Llama with biased q/k/v projections (o_proj without)
+    classes={
+        Qwen2ForCausalLM: TrilmDecoderForCausalLM,
+        Qwen2ForSequenceClassification: TrilmDecoderForSequenceClassification,
+        Qwen2Model: TrilmDecoderModel,
+    },
+    hf_config_class=Qwen2Config,
+    trilm_config_class=TrilmDecoderConfig,
+    same_fields=_QWEN_FIELDS,
+    renamed_fields=LLAMA.renamed_fields,
+    fixed={**LLAMA.fixed, "attention_bias": True, "attention_output_bias": False, "mlp_bias": False},
+    renames=LLAMA.renames,
+    model_extras=_qwen_extras,
+    implied=lambda config: {"head_dim": config.hidden_size // config.num_attention_heads},
+)
+QWEN3 = Adapter(  # Llama with a per-head RMSNorm of queries and keys before RoPE
+    classes={
+        Qwen3ForCausalLM: TrilmDecoderForCausalLM,
+        Qwen3ForSequenceClassification: TrilmDecoderForSequenceClassification,
+        Qwen3Model: TrilmDecoderModel,
+    },
+    hf_config_class=Qwen3Config,
+    trilm_config_class=TrilmDecoderConfig,
+    same_fields=(*_QWEN_FIELDS, "attention_bias", "head_dim"),
+    renamed_fields=LLAMA.renamed_fields,
+    fixed={**LLAMA.fixed, "qk_norm": True, "mlp_bias": False},
+    renames=LLAMA.renames,
+    model_extras=_qwen_extras,
+    implied=LLAMA.implied,
 )
 
 
@@ -283,7 +334,7 @@ BART = Adapter(
     implied=_multi_head,
 )
 
-ADAPTERS = [LLAMA, BERT, BART]
+ADAPTERS = [LLAMA, QWEN2, QWEN3, BERT, BART]
 
 
 def _convert(source: PreTrainedModel, target_class: type, target_config, rename: Callable[[str], str], **init_kwargs):
@@ -327,11 +378,18 @@ def from_transformers(model: PreTrainedModel, **config_fields) -> PreTrainedMode
 
 def to_transformers(model: PreTrainedModel) -> PreTrainedModel:
     """The transformers reference model (Llama, BERT, BART) computing the same function as a trilm model."""
+    refusals = []  # a trilm decoder is a Llama, a Qwen2 or a Qwen3 as its config says: the first that expresses it
     for adapter in ADAPTERS:
         for hf_class, trilm_class in adapter.classes.items():
             if type(model) is trilm_class:
-                config = adapter.config_to_hf(model.config)
+                try:
+                    config = adapter.config_to_hf(model.config)
+                except ValueError as refusal:
+                    refusals.append(refusal)
+                    continue
                 return _convert(model, hf_class, config, adapter.to_hf_key, **adapter.hf_init_kwargs(model, hf_class))
+    if refusals:
+        raise refusals[0]
     supported = ", ".join(c.__name__ for a in ADAPTERS for c in a.classes.values())
     raise ValueError(f"to_transformers supports {supported}; got {type(model).__name__}.")
 

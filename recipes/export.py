@@ -184,6 +184,8 @@ def export_gguf(model, tokenizer, output_dir: Path, dtype: str, name: str) -> Pa
     if not model.can_generate() or model.config.is_encoder_decoder:
         raise ValueError(f"--to gguf writes decoders (llama.cpp runs causal LMs); {type(model).__name__} is not one: use --to transformers.")
     llama = to_transformers(model)  # a decoder that is no Llama (plain MLP, LayerNorm, ...) raises here, naming the field
+    if type(llama).__name__ != "LlamaForCausalLM":
+        raise ValueError(f"--to gguf writes Llama; this model is a {type(llama).__name__} (q/k/v biases or q/k norms): use --to transformers.")
     config = llama.config
     if config.attention_bias or config.mlp_bias:
         raise ValueError(f"--to gguf writes Llama without biases; this model has attention_bias={config.attention_bias}, mlp_bias={config.mlp_bias}.")

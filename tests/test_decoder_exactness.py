@@ -99,6 +99,64 @@ def test_unsupported_models_and_inexpressible_configs_raise():
         to_transformers(causal_lm(norm_position="post"))
 
 
+# ------------------------------------------------------------------------------ vs Qwen2 and Qwen3
+def qwen(kind: str, cls_name: str = "ForCausalLM", **overrides):
+    """A tiny random Qwen2 (biased q/k/v, unbiased o) or Qwen3 (per-head q/k RMSNorm) of transformers, its biases
+    and norm weights random too, so that the comparison sees them."""
+    import transformers
+
+    torch.manual_seed(0)
+    config_class = getattr(transformers, f"{kind}Config")
+    values = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, pad_token_id=0,
+                  bos_token_id=1, eos_token_id=2, **overrides)
+    if kind == "Qwen3":
+        values["head_dim"] = 16  # Qwen3's head_dim is its own field (hidden / heads = 8 here)
+    model = getattr(transformers, f"{kind}{cls_name}")(config_class(**values)).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("bias", "norm.weight")):
+                parameter.normal_(0, 0.5 if name.endswith("bias") else 1.0)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["Qwen2", "Qwen3"])
+def test_qwen_converts_both_ways_with_the_same_logits(kind):
+    reference = qwen(kind)
+    ours = from_transformers(reference).eval()
+    assert isinstance(ours, TrilmDecoderForCausalLM)
+    assert (ours.config.qk_norm, ours.config.attention_output_bias) == ((True, None) if kind == "Qwen3" else (False, False))
+    x = tokens()
+    with torch.no_grad():
+        assert (ours(x).logits - reference(x).logits).abs().max() <= 1e-5
+        back = to_transformers(ours).eval()
+        assert type(back) is type(reference) and (back(x).logits - reference(x).logits).abs().max() <= 1e-5
+    assert all(torch.equal(value, back.state_dict()[key]) for key, value in reference.state_dict().items())
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours.generate(x[:, :4], **kwargs), reference.generate(x[:, :4], **kwargs))
+
+
+@pytest.mark.parametrize("kind", ["Qwen2", "Qwen3"])
+def test_qwen_sequence_classification_converts_both_ways_with_the_same_scores(kind):
+    reference = qwen(kind, "ForSequenceClassification")
+    ours = from_transformers(reference).eval()
+    assert type(ours) is TrilmDecoderForSequenceClassification
+    x = tokens()
+    x[0, 8:] = 0
+    mask = (x != 0).long()
+    with torch.no_grad():
+        assert (ours(x, attention_mask=mask).logits - reference(x, attention_mask=mask).logits).abs().max() <= 1e-5
+        back = to_transformers(ours).eval()
+        assert type(back) is type(reference) and (back(x, attention_mask=mask).logits - ours(x, attention_mask=mask).logits).abs().max() <= 1e-5
+
+
+def test_a_qwen_feature_trilm_cannot_express_is_named():
+    with pytest.raises(ValueError, match="use_sliding_window=True"):
+        from_transformers(qwen("Qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0))
+    with pytest.raises(ValueError, match="no equivalent of norm_type='layernorm'"):  # q/k-normed with LayerNorm: no Qwen3
+        to_transformers(causal_lm(qk_norm=True, norm_type="layernorm"))
+
+
 # ---------------------------------------------------------------------------------- self-consistency
 ARCHITECTURES = {
     "modern": {},
@@ -114,6 +172,7 @@ ARCHITECTURES = {
     ),
     "sinusoidal": dict(position_embedding_type="sinusoidal", scale_embedding=True),
     "mha": dict(num_key_value_heads=4),
+    "qwen": dict(qk_norm=True, attention_bias=True, attention_output_bias=False),
 }
 
 

@@ -135,6 +135,13 @@ def test_gguf_export_reads_back_with_the_same_logits_tokens_and_chat_template(tm
             same_greedy = torch.equal(loaded.generate(x, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id), greedy)
         if dtype == "float32":
             assert same_greedy
+            # The file is also a starting point for every recipe: model_name_or_path of a .gguf, back to trilm.
+            from trilm.recipes.common.models import ModelArguments, load_model, load_tokenizer
+
+            arguments = ModelArguments(model_name_or_path=str(out / gguf_file))
+            back = load_model(arguments, "decoder", load_tokenizer(arguments, "decoder")).eval()
+            with torch.no_grad():  # the reader's extra <|endoftext|> has a row of its own: the model's vocabulary compared
+                assert type(back) is type(model) and (back(x).logits[..., : expected.shape[-1]] - expected).abs().max() <= 1e-4
     assert differences["float32"] <= 1e-4
     assert 0 < differences["q8_0"] < 0.5  # 8-bit blocks: close, not equal
     assert (tmp_path / "q8_0" / f"{folder.name}-q8_0.gguf").stat().st_size < 0.4 * (tmp_path / "float32" / f"{folder.name}-float32.gguf").stat().st_size

@@ -27,7 +27,7 @@ CONFIGS = {"encoder": TrilmEncoderConfig, "decoder": TrilmDecoderConfig, "seq2se
 FAMILIES = tuple(CONFIGS)
 FAMILY_OF_MODEL_TYPE = {config.model_type: family for family, config in CONFIGS.items()}
 # transformers model types that interop converts, and the family they become.
-CONVERTIBLE = {"llama": "decoder", "bert": "encoder", "bart": "seq2seq"}
+CONVERTIBLE = {"llama": "decoder", "qwen2": "decoder", "qwen3": "decoder", "bert": "encoder", "bart": "seq2seq"}
 PRETRAINING_HEADS = {"encoder": AutoModelForMaskedLM, "decoder": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}
 TOKENIZER_KINDS = ("bpe", "wordpiece", "unigram", "byte")
 
@@ -259,7 +259,9 @@ def load_model(args: ModelArguments, family: str, tokenizer, auto_class=None, **
             gguf = gguf_file(source)
             native = (auto_class.from_pretrained(gguf[0], gguf_file=gguf[1], dtype=torch.float32, **config_fields) if gguf
                       else auto_class.from_pretrained(source, **config_fields))
-            if added_pad:
+            # transformers' GGUF reader builds a byte-level BPE tokenizer on GPT-2's class, which adds GPT-2's
+            # <|endoftext|> to a vocabulary that lacks it: that token (like a new PAD) gets an embedding row.
+            if added_pad or (gguf and len(tokenizer) > native.config.vocab_size):
                 native.resize_token_embeddings(len(tokenizer))
             # a sentence-transformers BERT keeps its pooling (and normalisation) for the pooled heads
             model = from_transformers(native, **(sentence_transformers_fields(source) if family == "encoder" else {}))
