@@ -54,6 +54,7 @@ class GenerateArguments:
     def __post_init__(self):
         if not self.model_name_or_path:
             raise ValueError("Give model_name_or_path: a trilm checkpoint or adapter folder (a recipe's output_dir).")
+        check_source(self.model_name_or_path, "model_name_or_path")
         sources = [name for name in ("prompt", "prompt_file", "chat") if getattr(self, name)]
         if len(sources) != 1:
             raise ValueError("Give exactly one of --prompt, --prompt_file, or --chat true.")
@@ -63,7 +64,6 @@ class GenerateArguments:
 
 def load(args: GenerateArguments):
     """(family, model in eval mode, tokenizer) of a checkpoint or adapter folder (merged into its base)."""
-    check_source(args.model_name_or_path, "model_name_or_path")
     _, family = checkpoint_family(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     model = load_merged(ModelArguments(model_name_or_path=args.model_name_or_path), family, tokenizer, PRETRAINING_HEADS[family])

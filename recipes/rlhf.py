@@ -63,8 +63,9 @@ class RLHFArguments(TuningArguments):
             raise ValueError(f"algorithm={self.algorithm!r} does not exist: use one of {', '.join(ALGORITHMS)}.")
         if self.value_model_name_or_path and self.algorithm != "ppo":
             raise ValueError(f"value_model_name_or_path is read by algorithm ppo only (this run is {self.algorithm}).")
-        for path in [*(self.reward_model_name_or_path or []), self.value_model_name_or_path]:
-            check_source(path, "reward_model_name_or_path" if path != self.value_model_name_or_path else "value_model_name_or_path")
+        for path in self.reward_model_name_or_path or []:
+            check_source(path, "reward_model_name_or_path")
+        check_source(self.value_model_name_or_path, "value_model_name_or_path")
 
 
 def reward_sources(args: RLHFArguments, data_args: DataArguments, tokenizer) -> list:

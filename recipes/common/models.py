@@ -60,13 +60,11 @@ def gguf_file(name: str) -> tuple[str, str] | None:
 
 
 def source_config(name: str):
-    """The transformers config of a checkpoint folder, a Hub name or a `.gguf` file."""
+    """The transformers config of a checkpoint folder, a Hub name or a `.gguf` file, with a one-line error where
+    a folder holds none, or a Hub model is not there or the Hub cannot be reached."""
     gguf = gguf_file(name)
-    return AutoConfig.from_pretrained(gguf[0], gguf_file=gguf[1]) if gguf else hub_config(name)
-
-
-def hub_config(name: str):
-    """The config of a Hub model, with one-line error where it is not there or the Hub cannot be reached."""
+    if gguf:
+        return AutoConfig.from_pretrained(gguf[0], gguf_file=gguf[1])
     if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
         raise ValueError(f"{name} holds no config.json: it is no checkpoint folder (a recipe's output_dir is one).")
     try:

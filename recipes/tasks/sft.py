@@ -69,7 +69,8 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
     # copy that renders the same text with the markers, else with each conversation's last reply as the completion.
     shipped = tokenizer.chat_template
     template, how = training_chat_template(tokenizer) if training_args.assistant_only_loss else (shipped, "every token")
-    print(f"trilm finetune (sft): the loss on assistant tokens, through {how} of the chat template", flush=True)
+    print("trilm finetune (sft): the loss on " + (f"assistant tokens, through {how} of the chat template" if training_args.assistant_only_loss
+                                                   else "every token (assistant_only_loss false)"), flush=True)
     if template is None:
         chats = chats.map(last_reply_as_completion, remove_columns=[c for c in ("messages",) if c in column_names(chats["train"])])
         training_args.assistant_only_loss = False
