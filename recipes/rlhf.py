@@ -10,12 +10,14 @@ GRPO and RLOO are PPO-style: the loss is PPO's clipped surrogate, here with the 
 updated `num_iterations: 2` times per generation batch) and a KL penalty to the starting (SFT) model
 (`beta > 0`); the logs carry `clip_ratio/*` and `kl`. PPO's value model starts from
 `value_model_name_or_path`, else the (first) reward model, else a copy of the policy's backbone with a new
-head. Rewards, weighted by `reward_weights` in this order: each reward model folder of `reward_model_name_or_path` (a `trilm reward` run, with the policy's tokenizer), then each of
-`reward_funcs` (`module:function` called as TRL calls reward functions, or `answer_reward`, the built-in
-corpus's answer checker, the default on the built-in corpus). Prompts: `prompt`, `question` or `messages`
-rows (`common/preferences.py`), by default the built-in corpus's `prompts` (questions about people and
-operand pairs that no SFT demonstration answered). Metric: greedy answer
-accuracy on held-out questions before and after, where answers can be checked.
+head. Rewards, weighted by `reward_weights` in this order: each reward model folder of
+`reward_model_name_or_path` (a `trilm reward` run, with the policy's tokenizer), then each of `reward_funcs`
+(`module:function` called as TRL calls reward functions; or `answer_reward`, the built-in corpus's answer
+checker and its default, or `number_reward`, 1 where a reply's last number is the row's `answer`). Prompts:
+`prompt`, `question` or `messages` rows (`common/preferences.py`), by default the built-in corpus's `prompts`
+(questions about people and operand pairs that no SFT demonstration answered). Metrics, before and after:
+the mean reward of greedy replies to the data's held-out prompts (`eval_reward`, its test or validation
+split), or on the built-in corpus the greedy answer accuracy on its held-out questions.
 """
 
 import copy
@@ -32,8 +34,8 @@ from .common.lora import LoraModelArguments, check_adapter_options, load_merged,
 from .common.models import ModelArguments, check_family, check_source, load_tokenizer, resolve_family
 from .common.output import TuningArguments, final_metrics, finish, record_arguments, show_progress
 from .common.ppo import PPOConfig, PPOTrainer, check_rollout_batch
-from .common.preferences import check_reference, prompt_dataset
-from .common.rewards import check_reward_tokenizer, import_reward
+from .common.preferences import check_reference, held_out_prompts, prompt_dataset
+from .common.rewards import check_reward_tokenizer, held_out_reward, import_reward
 from .common.runtime import start_run
 
 ALGORITHMS = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer), "ppo": (PPOConfig, PPOTrainer)}
@@ -154,7 +156,10 @@ def run(model_args: LoraModelArguments, data_args: DataArguments, args: RLHFArgu
     check_checkpoint_steps(training_args)
     raw = load_raw_datasets(data_args, "prompts")
     prompts = prompt_dataset(raw)
-    questions = held_out_questions(data_args, raw)
+    # Held-out measures: the rewards of greedy replies to the data's held-out prompts, else (the built-in corpus)
+    # the answer accuracy of its held-out questions.
+    held_out = held_out_prompts(prompts, data_args)
+    questions = [] if held_out else held_out_questions(data_args, raw)
     tokenizer = load_tokenizer(model_args, family, texts=turn_texts(prompts["train"], ("prompt",)))
     rewards = reward_sources(args, data_args, tokenizer)
     model = load_merged(model_args, family, tokenizer, AutoModelForCausalLM)
@@ -162,8 +167,10 @@ def run(model_args: LoraModelArguments, data_args: DataArguments, args: RLHFArgu
         check_rollout_batch(prompts["train"], training_args)
         critic = value_model(args, model, tokenizer)
     metrics = {}
+    weights = training_args.reward_weights
     if training_args.do_train:
         metrics, _ = answer_metrics(model, tokenizer, questions, args.max_new_tokens, "_before_training")
+        metrics |= held_out_reward(model, tokenizer, held_out, rewards, weights, args.max_new_tokens, "_before_training")[0]
     peft_config = lora_config(model, model_args, "CAUSAL_LM") if model_args.use_peft else None
     arguments = (model_args, data_args, args, training_args)
     record_arguments(arguments)
@@ -186,7 +193,9 @@ def run(model_args: LoraModelArguments, data_args: DataArguments, args: RLHFArgu
         metrics |= final_metrics(trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint), {}, None)
         metrics |= training_summary(trainer.state.log_history, args.algorithm)
     after, rows = answer_metrics(trainer.model, tokenizer, questions, args.max_new_tokens)
-    metrics |= after
+    rewarded, replies = held_out_reward(trainer.model, tokenizer, held_out, rewards, weights, args.max_new_tokens)
+    metrics |= after | rewarded
+    rows += replies
     finish(trainer, tokenizer, "rlhf", arguments, metrics, rows, start)
     return trainer, metrics
 

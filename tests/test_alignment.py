@@ -132,15 +132,26 @@ def letter_share(completions, **kwargs) -> list[float]:
     return [text.count("y") / max(len(text), 1) for text in texts]
 
 
+def test_number_reward_reads_the_last_number_of_a_reply():
+    replies = ["2 + 8 = 10", [{"role": "assistant", "content": "14 minus 6 is 8."}], "To add 8 and 10,", "", "It is 1,000.", "Kalo"]
+    assert rewards.number_reward(replies, ["10", "8", "18", "3", "1000", "Rafinport"]) == [1.0, 1.0, 0.0, 0.0, 1.0, None]
+    assert rlhf.import_reward("number_reward") is rewards.number_reward
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_rlhf_from_a_reward_function_raises_the_reward(tmp_path, sft, algorithm):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": row["prompt"]} for row in pairs(64)])
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", [{"prompt": row["prompt"]} for row in pairs(16, seed=1)])
     config = run_config(tmp_path, algorithm, model_name_or_path=str(sft), algorithm=algorithm, use_peft=False, train_file=prompts,
-                        reward_funcs=["tests.test_alignment:letter_share"], max_steps=30, learning_rate=0.02, num_generations=8,
-                        per_device_train_batch_size=16, max_completion_length=8, temperature=1.0, beta=0.01)
+                        test_file=held_out, reward_funcs=["tests.test_alignment:letter_share"], max_steps=30, learning_rate=0.02,
+                        num_generations=8, per_device_train_batch_size=16, max_completion_length=8, max_new_tokens=8, temperature=1.0,
+                        beta=0.01)
     assert trilm(["rlhf", "--config", str(config)]) == 0
     result = metrics(tmp_path / algorithm)
     assert result["train_reward_end"] > result["train_reward_start"] + 0.05
+    assert result["eval_reward"] > result["eval_reward_before_training"]  # greedy replies to the held-out prompts too
+    rows = [json.loads(line) for line in (tmp_path / algorithm / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and sum(row["reward"] for row in rows) / 16 == pytest.approx(result["eval_reward"], abs=1e-6)
     assert result["train_steps_clipped"] > 0 and 0 < result["train_kl_max"] < 10  # clipping acts; the KL is measured and bounded
     AutoModelForCausalLM.from_pretrained(tmp_path / algorithm)
 

@@ -143,7 +143,7 @@ def test_two_processes_train_together_and_save_once(tmp_path, family, tokenizer)
     # A trained WordPiece vocabulary differs from process to process: the main process trains it for all.
     config = tiny_config(tmp_path, family, max_steps=3, tokenizer=tokenizer)
     script = Path(__file__).parent / "ddp_pretrain.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(config), str(tmp_path)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(config), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # two CPU processes over gloo, also on a GPU machine
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1) if (tmp_path / f"rank{rank}.json").exists()]

@@ -155,7 +155,7 @@ def test_seq2seq_lm_under_tensor_parallelism_gives_the_unsharded_logits(tmp_path
     save_tensors({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
     save_tensors({"logits": expected.contiguous()}, tmp_path / "expected.safetensors")
     script = Path(__file__).parent / "tp_seq2seq.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert (tmp_path / "tp.json").is_file(), result.stderr[-3000:]

@@ -2,7 +2,9 @@
 metric `trilm finetune --task sft`, `trilm dpo`, `trilm rlhf` and `trilm quickstart --full` share."""
 
 from .builtin import check_answer, load_builtin
-from .chat import generate_answers
+from .chat import generate_answers, generate_replies
+
+REPLY_PROBES = 32  # held-out prompts whose greedy replies are checked for ending their turn, where none can be checked for answers
 
 
 def held_out_questions(data_args, raw=None) -> list[dict]:
@@ -30,3 +32,12 @@ def answer_metrics(model, tokenizer, questions: list[dict], max_new_tokens: int,
         return {}, []
     accuracy, rows = answer_accuracy(model, tokenizer, questions, max_new_tokens)
     return {f"eval_answer_accuracy{suffix}": accuracy}, rows
+
+
+def ending_metrics(model, tokenizer, prompts: list, max_new_tokens: int, suffix: str = "") -> dict:
+    """`{"eval_replies_ended" + suffix: share}`: the share of greedy replies to `prompts` that end at the chat
+    template's end of turn within `max_new_tokens` (a tuned chat model must still stop), or nothing without prompts."""
+    if not prompts:
+        return {}
+    replies = generate_replies(model, tokenizer, prompts, max_new_tokens)
+    return {f"eval_replies_ended{suffix}": sum(ended for _, ended in replies) / len(replies)}

@@ -36,8 +36,8 @@ def render_prompt(tokenizer, prompt) -> str:
     return tokenizer.apply_chat_template(user_turn(prompt), add_generation_prompt=True, tokenize=False)
 
 
-def chat_prompts(tokenizer, questions: list[str]):
-    """Single-turn questions rendered through the chat template up to the assistant's turn, as one batch
+def chat_prompts(tokenizer, questions: list):
+    """Questions (or messages) rendered through the chat template up to the assistant's turn, as one batch
     padded on the left (for generation)."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
@@ -49,17 +49,25 @@ def chat_prompts(tokenizer, questions: list[str]):
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int, batch_size: int = 64) -> list[str]:
-    """Greedy replies to single-turn questions, rendered through the chat template."""
+def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 64) -> list[tuple[str, bool]]:
+    """Greedy replies to prompts (questions, or messages) rendered through the chat template, each with whether
+    it ended at the template's end of turn (or EOS) within `max_new_tokens`."""
     model.eval()
     stops = chat_stops(tokenizer)
     device = next(model.parameters()).device
     replies = []
-    for i in range(0, len(questions), batch_size):
-        batch = chat_prompts(tokenizer, questions[i : i + batch_size]).to(device)
+    for i in range(0, len(prompts), batch_size):
+        batch = chat_prompts(tokenizer, prompts[i : i + batch_size]).to(device)
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-        replies += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [reply.strip() for reply in replies]
+        new = output[:, batch["input_ids"].shape[1] :]
+        ended = torch.isin(new, torch.tensor(stops, device=new.device)).any(1).tolist()
+        replies += zip((text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)), ended)
+    return replies
+
+
+def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy replies to single-turn questions, rendered through the chat template."""
+    return [text for text, _ in generate_replies(model, tokenizer, questions, max_new_tokens)]
 
 
 # --------------------------------------------------------------------------- training copies of a template

@@ -47,8 +47,8 @@ from transformers.trainer_utils import TrainOutput, get_last_checkpoint, speed_m
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import disable_dropout_in_model, entropy_from_logits, pad, selective_log_softmax
 
-from .chat import assistant_turn, chat_stops, reply_mask, user_turn
-from .rewards import score_conversations
+from .chat import chat_stops, reply_mask
+from .rewards import score_replies
 
 VALUE_MODEL_FOLDER = "value_model"
 CHECKPOINTING = {"use_reentrant": False}  # activation checkpointing that needs no input gradients (LoRA)
@@ -362,26 +362,11 @@ class PPOTrainer(Trainer):
                 "stats": {name: self.accelerator.gather(value.detach().reshape(1)).mean().item() for name, value in stats.items()}}
 
     def scores(self, rows: list[dict], replies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The weighted sum of the rewards of each reply (reward models read prompt and reply through the chat
-        template, as they were trained; functions are called as TRL calls them)."""
-        tokenizer = self.processing_class
-        texts = tokenizer.batch_decode(replies, skip_special_tokens=True)
-        prompts = [row["prompt"] for row in rows]
-        conversational = isinstance(prompts[0], list)
-        completions = [assistant_turn(text) for text in texts] if conversational else texts
-        chats = [user_turn(prompt) + assistant_turn(text) for prompt, text in zip(prompts, texts)]  # what reward models read
-        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("prompt", "input_ids")}
+        """The weighted sum of the rewards of each reply (`rewards.score_replies`)."""
+        texts = self.processing_class.batch_decode(replies, skip_special_tokens=True)
         ids = [reply[: int(m.sum())].tolist() for reply, m in zip(replies, mask)]
-        per_reward = []
-        for reward in self.reward_funcs:
-            if isinstance(reward, nn.Module):
-                values = score_conversations(reward, tokenizer, chats)
-            else:
-                given = reward(prompts=prompts, completions=completions, completion_ids=ids, trainer_state=self.state, **columns)
-                values = torch.tensor([math.nan if v is None else float(v) for v in given])
-            per_reward.append(values.to(self.args.device))
-        weighted = torch.stack(per_reward, dim=1) * self.reward_weights.to(self.args.device)
-        return weighted.nansum(dim=1)
+        weighted = score_replies(self.reward_funcs, self.reward_weights, self.processing_class, rows, texts, ids, trainer_state=self.state)
+        return weighted.to(self.args.device)
 
     def optimize(self, model, batch: dict) -> dict:
         """`num_ppo_epochs` passes of shuffled mini-batches over the rollout batch, one optimizer step each."""

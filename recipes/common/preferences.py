@@ -79,6 +79,16 @@ def prompt_dataset(raw):
     return raw.map(prompt_row)
 
 
+def held_out_prompts(prompts, data_args) -> list[dict]:
+    """The user's held-out prompt rows (the test split, else the validation split, at most `max_eval_samples`), on
+    which rlhf measures the reward of greedy replies before and after training; none for the built-in corpus,
+    whose held-out questions are checked for their answers."""
+    split = next((name for name in ("test", "validation") if name in prompts), None)
+    if split is None or (data_args.train_file is None and data_args.dataset_name is None):
+        return []
+    return list(prompts[split])[: data_args.max_eval_samples]
+
+
 # ---------------------------------------------------------------------------------------------- checks
 def check_reference(model_args, beta: float) -> None:
     """TRL builds the frozen reference from the policy's folder (full training) or disables the adapter

@@ -2,12 +2,16 @@
 the scores of reward models (`trilm reward` runs) over token ids, conversations and held-out pairs."""
 
 import importlib
+import math
+import re
 import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .builtin import check_answer
+from .chat import assistant_turn, generate_replies, user_turn
 
 
 def answer_reward(completions, answer, response=None, **kwargs) -> list[float]:
@@ -18,7 +22,24 @@ def answer_reward(completions, answer, response=None, **kwargs) -> list[float]:
     return [float(check_answer(text, truth, full)) for text, truth, full in zip(texts, answer, responses)]
 
 
-BUILTIN_REWARDS = {"answer_reward": answer_reward}
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def number_reward(completions, answer, **kwargs) -> list[float | None]:
+    """1 for a reply whose last number equals the row's numeric `answer` (as GSM8K-style checkers read replies:
+    "2 + 8 = 10" answers 10), else 0; None (no reward) for a row whose answer is no number."""
+    rewards = []
+    for completion, truth in zip(completions, answer):
+        text = completion[-1]["content"] if isinstance(completion, list) else completion
+        numbers = NUMBER.findall(text.replace(",", ""))
+        if not NUMBER.fullmatch(str(truth).replace(",", "").strip()):
+            rewards.append(None)
+        else:
+            rewards.append(float(bool(numbers) and float(numbers[-1]) == float(str(truth).replace(",", ""))))
+    return rewards
+
+
+BUILTIN_REWARDS = {"answer_reward": answer_reward, "number_reward": number_reward}
 
 
 def import_reward(name: str):
@@ -70,6 +91,41 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]]) -> to
     """Reward-model scores of whole conversations, rendered through the chat template as in training."""
     texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
     return score_ids(model, tokenizer(texts, add_special_tokens=False)["input_ids"], tokenizer.pad_token_id)
+
+
+def score_replies(rewards: list, weights, tokenizer, rows: list[dict], texts: list[str], ids: list[list[int]], **extra) -> torch.Tensor:
+    """The weighted sum of the rewards of each reply `texts[i]` to `rows[i]["prompt"]`: reward models read prompt and
+    reply through the chat template, as they were trained; functions are called as TRL calls them (prompts,
+    completions, completion_ids and the rows' other columns). A reward of None counts as nothing."""
+    prompts = [row["prompt"] for row in rows]
+    conversational = isinstance(prompts[0], list)
+    completions = [assistant_turn(text) for text in texts] if conversational else texts
+    columns = {key: [row[key] for row in rows] for key in rows[0] if key not in ("prompt", "input_ids")}
+    per_reward = []
+    for reward in rewards:
+        if isinstance(reward, nn.Module):
+            chats = [user_turn(prompt) + assistant_turn(text) for prompt, text in zip(prompts, texts)]
+            values = score_conversations(reward, tokenizer, chats)
+        else:
+            given = reward(prompts=prompts, completions=completions, completion_ids=ids, **columns, **extra)
+            values = torch.tensor([math.nan if v is None else float(v) for v in given])
+        per_reward.append(values.float().cpu())
+    weights = torch.as_tensor(weights if weights is not None else [1.0] * len(rewards), dtype=torch.float32).cpu()
+    return (torch.stack(per_reward, dim=1) * weights).nansum(dim=1)
+
+
+def held_out_reward(model, tokenizer, rows: list[dict], rewards: list, weights, max_new_tokens: int, suffix: str = "") -> tuple[dict, list[dict]]:
+    """`{"eval_reward" + suffix: mean}`, the mean weighted reward of greedy replies to held-out prompt rows (a
+    `prompt` and the columns reward functions read), and one row per prompt with its reply and reward (for
+    predictions.jsonl); nothing where there are no rows."""
+    if not rows:
+        return {}, []
+    replies = generate_replies(model, tokenizer, [row["prompt"] for row in rows], max_new_tokens)
+    texts = [text for text, _ in replies]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    scores = score_replies(rewards, weights, tokenizer, rows, texts, ids)
+    predictions = [{**row, "prediction": text, "reward": score} for row, text, score in zip(rows, texts, scores.tolist())]
+    return {f"eval_reward{suffix}": scores.mean().item()}, predictions
 
 
 def pairwise_metrics(model, pairs, pad_token_id: int) -> dict:

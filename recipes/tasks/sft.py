@@ -4,12 +4,13 @@ rows (the built-in corpus), all rendered through the tokenizer's chat template w
 tokens only. Packing (`packing: true`) keeps packed conversations from attending to each other
 (position ids restart per conversation). Metric: held-out loss, and where answers can be checked (the
 built-in corpus, or `question`/`answer` rows) the exact-match accuracy of greedy answers to held-out
-questions, before and after training."""
+questions, else the share of greedy replies to held-out prompts that end their turn within `max_new_tokens`
+(`eval_replies_ended`), before and after training."""
 
 from transformers import AutoModelForCausalLM
 from trl import SFTTrainer
 
-from ..common.answers import answer_metrics, held_out_questions
+from ..common.answers import REPLY_PROBES, answer_metrics, ending_metrics, held_out_questions
 from ..common.chat import assistant_turn, chat_stops, last_reply_as_completion, training_chat_template, turn_texts, user_turn
 from ..common.data import column_names, load_raw_datasets
 from ..common.lora import lora_config
@@ -51,12 +52,12 @@ def conversations(raw):
     return raw.map(to_conversation, remove_columns=column_names(raw["train"]))
 
 
-
-
-
-
-
-
+def held_out_prompts(chats, questions: list[dict]) -> list:
+    """Held-out prompts (every turn before the last reply) whose replies are checked for ending their turn, where
+    no question can be checked for its answer."""
+    if questions or "validation" not in chats:
+        return []
+    return [last_reply_as_completion(row)["prompt"] for row in chats["validation"].select(range(min(REPLY_PROBES, len(chats["validation"]))))]
 
 
 def run(model_args, data_args, args, training_args, family: str, start: float):
@@ -77,9 +78,11 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
     model = load_model(model_args, family, tokenizer, AutoModelForCausalLM)
     model.generation_config.eos_token_id = chat_stops(tokenizer)
     arguments = (model_args, data_args, args, training_args)
+    prompts = held_out_prompts(chats, questions)
     metrics = {}
     if training_args.do_train:
         metrics, _ = answer_metrics(model, tokenizer, questions, args.max_new_tokens, "_before_training")
+        metrics |= ending_metrics(model, tokenizer, prompts, args.max_new_tokens, "_before_training")
     new_adapter = model_args.use_peft and not hasattr(model, "peft_config")  # an adapter folder comes with its adapter
     peft_config = lora_config(model, model_args, "CAUSAL_LM") if new_adapter else None
     record_arguments(arguments)
@@ -99,6 +102,6 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
     if "validation" in chats and training_args.do_eval:
         metrics |= final_metrics(None, trainer.evaluate(), None)
     after, rows = answer_metrics(trainer.model, tokenizer, questions, args.max_new_tokens)
-    metrics |= after
+    metrics |= after | ending_metrics(trainer.model, tokenizer, prompts, args.max_new_tokens)
     finish(trainer, tokenizer, "finetune", arguments, metrics, rows, start)
     return trainer, metrics
