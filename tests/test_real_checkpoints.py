@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM
-from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
 from trilm.modeling.interop import from_transformers
@@ -105,6 +105,10 @@ def test_reward_dpo_grpo_classification_and_generate_from_a_transformers_folder(
     assert trilm(["rlhf", "--config", str(run_config(tmp_path, "grpo", **common, num_generations=4, max_completion_length=6))]) == 0
     classify = run_config(tmp_path, "classify", task="sequence-classification", **{k: v for k, v in common.items() if k != "max_new_tokens"})
     assert trilm(["finetune", "--config", str(classify)]) == 0
+    from peft import AutoPeftModelForSequenceClassification
+
+    classifier = AutoPeftModelForSequenceClassification.from_pretrained(tmp_path / "classify", num_labels=2).eval()
+    assert isinstance(classifier.get_base_model(), AutoModelForSequenceClassification._model_mapping[type(classifier.config)])
     rows = trilm(["generate", "--model_name_or_path", str(tmp_path / "dpo"), "--prompt", "Hi", "--use_chat_template", "true", "--max_new_tokens", "4"])
     assert rows == 0
     for folder in ("dpo", "grpo"):
@@ -165,6 +169,13 @@ def test_a_gguf_file_of_an_architecture_interop_does_not_convert_is_refused_nami
     with pytest.raises(ValueError, match=r"gpt2.gguf holds a 'gpt2' model: trilm continues from trilm checkpoints or converts llama, qwen2, qwen3"):
         trilm(["reward", "--model_name_or_path", str(tmp_path / "gpt2.gguf"), "--output_dir", str(tmp_path / "reward")])
     assert not (tmp_path / "reward").exists()
+
+
+def test_a_folder_of_an_architecture_interop_does_not_convert_is_refused_naming_the_ones_it_does(tmp_path):
+    GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match=r"holds a 'gpt2' model: trilm continues from trilm checkpoints or converts llama, qwen2, qwen3, bert, bart"):
+        trilm(["finetune", "--task", "sft", "--model_name_or_path", str(tmp_path / "gpt2"), "--output_dir", str(tmp_path / "sft")])
+    assert not (tmp_path / "sft").exists()
 
 
 @pytest.mark.realmodel
