@@ -131,7 +131,8 @@ def test_a_reply_has_ended_where_it_holds_the_end_of_turn_within_max_new_tokens(
             return torch.cat([input_ids, replies], 1)
 
     replies = chat.generate_replies(Scripted(), tokenizer, ["Hi", [{"role": "user", "content": "Hello"}]], max_new_tokens=3)
-    assert [ended for _, ended in replies] == [True, False] and replies[0][0] == "a"
+    assert [reply.ended for reply in replies] == [True, False] and replies[0].text == "a"
+    assert replies[0].ids == [word, end] and replies[1].ids == [word, word, word]  # up to and including the stop
 
 
 def AutoPeftModelForSequenceClassification_from(folder: Path):

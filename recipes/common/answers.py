@@ -40,4 +40,4 @@ def ending_metrics(model, tokenizer, prompts: list, max_new_tokens: int, suffix:
     if not prompts:
         return {}
     replies = generate_replies(model, tokenizer, prompts, max_new_tokens)
-    return {f"eval_replies_ended{suffix}": sum(ended for _, ended in replies) / len(replies)}
+    return {f"eval_replies_ended{suffix}": sum(reply.ended for reply in replies) / len(replies)}

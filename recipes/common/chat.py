@@ -1,6 +1,8 @@
 """Chat turns and their rendering: every recipe builds turns with `user_turn` / `assistant_turn`, renders them
 through the tokenizer's own chat template, and stops replies at the template's end of turn."""
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -48,10 +50,15 @@ def chat_prompts(tokenizer, questions: list):
     return batch
 
 
+class Reply(NamedTuple):
+    text: str  # decoded, special tokens left out, stripped
+    ended: bool  # it reached the template's end of turn (or EOS) within max_new_tokens
+    ids: list[int]  # the generated tokens up to and including the first stop (what reward functions get)
+
+
 @torch.no_grad()
-def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 64) -> list[tuple[str, bool]]:
-    """Greedy replies to prompts (questions, or messages) rendered through the chat template, each with whether
-    it ended at the template's end of turn (or EOS) within `max_new_tokens`."""
+def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int, batch_size: int = 64) -> list[Reply]:
+    """Greedy replies to prompts (questions, or messages) rendered through the chat template."""
     model.eval()
     stops = chat_stops(tokenizer)
     device = next(model.parameters()).device
@@ -60,14 +67,16 @@ def generate_replies(model, tokenizer, prompts: list, max_new_tokens: int, batch
         batch = chat_prompts(tokenizer, prompts[i : i + batch_size]).to(device)
         output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
         new = output[:, batch["input_ids"].shape[1] :]
-        ended = torch.isin(new, torch.tensor(stops, device=new.device)).any(1).tolist()
-        replies += zip((text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)), ended)
+        stop_ids = torch.tensor(stops, device=new.device)
+        ended, lengths = torch.isin(new, stop_ids).any(1).tolist(), reply_mask(new, stop_ids).sum(1).tolist()
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        replies += [Reply(text.strip(), end, row[:length].tolist()) for text, end, row, length in zip(texts, ended, new, lengths)]
     return replies
 
 
 def generate_answers(model, tokenizer, questions: list[str], max_new_tokens: int) -> list[str]:
     """Greedy replies to single-turn questions, rendered through the chat template."""
-    return [text for text, _ in generate_replies(model, tokenizer, questions, max_new_tokens)]
+    return [reply.text for reply in generate_replies(model, tokenizer, questions, max_new_tokens)]
 
 
 # --------------------------------------------------------------------------- training copies of a template

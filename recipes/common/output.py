@@ -115,7 +115,8 @@ def show_progress(trainer, title: str):
 
 # The figures a run is judged by, first where a run has them.
 HEADLINE = ("eval_reward_accuracy", "eval_rewards/accuracies", "eval_answer_accuracy", "eval_answer_accuracy_before_training",
-            "eval_reward", "eval_reward_before_training", "eval_replies_ended", "eval_replies_ended_before_training", "eval_accuracy", "eval_f1", "eval_exact_match", "eval_bleu", "eval_rougeL", "eval_loss")
+            "eval_reward", "eval_reward_before_training", "eval_replies_ended", "eval_replies_ended_before_training",
+            "eval_accuracy", "eval_f1", "eval_exact_match", "eval_bleu", "eval_rougeL", "eval_loss")
 
 
 def headline(metrics: dict, count: int = 4) -> dict:

@@ -14,12 +14,16 @@ from .builtin import check_answer
 from .chat import assistant_turn, generate_replies, user_turn
 
 
+def reply_text(completion) -> str:
+    """A completion as TRL passes it to reward functions (text, or the reply's messages) as text."""
+    return completion[-1]["content"] if isinstance(completion, list) else completion
+
+
 def answer_reward(completions, answer, response=None, **kwargs) -> list[float]:
     """The built-in corpus's checker as a reward: 1 for a reply that gives the answer (or states it as the
     row's full `response`), else 0."""
-    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    responses = response or [None] * len(texts)
-    return [float(check_answer(text, truth, full)) for text, truth, full in zip(texts, answer, responses)]
+    responses = response or [None] * len(completions)
+    return [float(check_answer(reply_text(c), truth, full)) for c, truth, full in zip(completions, answer, responses)]
 
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -30,12 +34,11 @@ def number_reward(completions, answer, **kwargs) -> list[float | None]:
     "2 + 8 = 10" answers 10), else 0; None (no reward) for a row whose answer is no number."""
     rewards = []
     for completion, truth in zip(completions, answer):
-        text = completion[-1]["content"] if isinstance(completion, list) else completion
-        numbers = NUMBER.findall(text.replace(",", ""))
-        if not NUMBER.fullmatch(str(truth).replace(",", "").strip()):
+        numbers, truth = NUMBER.findall(reply_text(completion).replace(",", "")), str(truth).replace(",", "").strip()
+        if not NUMBER.fullmatch(truth):
             rewards.append(None)
         else:
-            rewards.append(float(bool(numbers) and float(numbers[-1]) == float(str(truth).replace(",", ""))))
+            rewards.append(float(bool(numbers) and float(numbers[-1]) == float(truth)))
     return rewards
 
 
@@ -121,9 +124,8 @@ def held_out_reward(model, tokenizer, rows: list[dict], rewards: list, weights, 
     if not rows:
         return {}, []
     replies = generate_replies(model, tokenizer, [row["prompt"] for row in rows], max_new_tokens)
-    texts = [text for text, _ in replies]
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    scores = score_replies(rewards, weights, tokenizer, rows, texts, ids)
+    texts = [reply.text for reply in replies]
+    scores = score_replies(rewards, weights, tokenizer, rows, texts, [reply.ids for reply in replies])
     predictions = [{**row, "prediction": text, "reward": score} for row, text, score in zip(rows, texts, scores.tolist())]
     return {f"eval_reward{suffix}": scores.mean().item()}, predictions
 

@@ -52,7 +52,7 @@ def conversations(raw):
     return raw.map(to_conversation, remove_columns=column_names(raw["train"]))
 
 
-def held_out_prompts(chats, questions: list[dict]) -> list:
+def ending_probes(chats, questions: list[dict]) -> list:
     """Held-out prompts (every turn before the last reply) whose replies are checked for ending their turn, where
     no question can be checked for its answer."""
     if questions or "validation" not in chats:
@@ -78,7 +78,7 @@ def run(model_args, data_args, args, training_args, family: str, start: float):
     model = load_model(model_args, family, tokenizer, AutoModelForCausalLM)
     model.generation_config.eos_token_id = chat_stops(tokenizer)
     arguments = (model_args, data_args, args, training_args)
-    prompts = held_out_prompts(chats, questions)
+    prompts = ending_probes(chats, questions)
     metrics = {}
     if training_args.do_train:
         metrics, _ = answer_metrics(model, tokenizer, questions, args.max_new_tokens, "_before_training")
