@@ -17,7 +17,7 @@ from .common.args import launch_defaults, parse_args
 from .common.collators import CausalLMCollator, SeededCollator, SpanCorruptionCollator, span_corruption_lengths
 from .common.data import DataArguments, load_raw_datasets, pack_texts, require_columns, text_rows
 from .common.models import ModelArguments, load_model, load_tokenizer, resolve_family
-from .common.output import final_metrics, record_arguments, save_run, show_progress
+from .common.output import final_metrics, last_evaluation, record_arguments, save_run, show_progress
 from .common.runtime import RunArguments, start_run
 
 
@@ -91,7 +91,7 @@ def run(
     )
     show_progress(trainer, f"pretrain {family}")
     train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    eval_metrics = trainer.evaluate() if "validation" in packed else {}
+    eval_metrics = last_evaluation(trainer) if "validation" in packed else {}
     metrics = final_metrics(train_output, eval_metrics, read_length)
     metrics["wall_time"] = time.perf_counter() - start
     save_run(trainer, tokenizer, "pretrain", arguments, metrics, data_args.description())

@@ -319,6 +319,45 @@ def test_every_preset_parses(tmp_path):
         assert parsed[0].family in ("encoder", "decoder", "seq2seq"), preset.name
 
 
+def test_a_presets_warmup_stable_decay_is_fitted_to_fewer_steps_and_a_given_one_that_does_not_fit_is_refused(caplog):
+    def parse(*argv):
+        return pretrain.parse(["--config", "pretrain-decoder-tiny.yaml", *argv])[-1]
+
+    preset = parse()
+    assert preset.lr_scheduler_type == "warmup_stable_decay" and preset.lr_scheduler_kwargs["num_decay_steps"] + preset.warmup_steps <= preset.max_steps
+    with caplog.at_level("WARNING"):
+        fitted = parse("--max_steps", "60")
+    assert (fitted.warmup_steps, fitted.lr_scheduler_kwargs["num_decay_steps"]) == (6, 24) and "fitted to warmup_steps 6" in caplog.text
+    # The fitted schedule warms up to the learning rate, holds it, then decays to 0 at the last step.
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=fitted.learning_rate)
+    from transformers import get_scheduler
+
+    schedule = get_scheduler(fitted.lr_scheduler_type, optimizer, fitted.warmup_steps, 60, scheduler_specific_kwargs=fitted.lr_scheduler_kwargs)
+    factors = [schedule.lr_lambdas[0](step) for step in range(61)]
+    assert factors[6:36] == [1.0] * 30 and factors[:6] == sorted(factors[:6]) and factors[36:] == sorted(factors[36:], reverse=True)
+    assert factors[60] == 0.0
+    for given, message in ((["--warmup_steps", "40"], r"warmup_steps \(40\) \+ num_decay_steps \(90\) exceed max_steps \(60\)"),
+                           (["--lr_scheduler_kwargs", '{"num_decay_steps": 50}'], r"\(30\) \+ num_decay_steps \(50\)"),
+                           (["--lr_scheduler_kwargs", "{}"], "needs its decay length")):
+        with pytest.raises(ValueError, match=message):
+            parse("--max_steps", "60", *given)
+
+
+def test_the_evaluation_at_the_last_step_is_the_final_one_not_run_again(tmp_path, monkeypatch):
+    calls = []
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: calls.append(self.state.global_step) or evaluate(self, *a, **k))
+    config = tiny_config(tmp_path, "decoder", eval_strategy="steps", eval_steps=2, eval_on_start=True)
+    trainer, metrics = pretrain.run(*pretrain.parse(["--config", str(config)]))
+    assert calls == [0, 2, 4]  # during training only
+    last = [row for row in trainer.state.log_history if "eval_loss" in row][-1]
+    assert last["step"] == 4 and metrics["eval_loss"] == last["eval_loss"]
+    calls.clear()
+    trainer, metrics = pretrain.run(*pretrain.parse(["--config", str(config), "--eval_steps", "3", "--output_dir", str(tmp_path / "b")]))
+    assert calls == [0, 3, 4]  # the last step was not evaluated in training: once more at the end
+    assert metrics["eval_loss"] == [row for row in trainer.state.log_history if "eval_loss" in row][-1]["eval_loss"]
+
+
 def test_a_second_run_reads_its_packed_blocks_from_the_datasets_cache(tmp_path):
     from trilm.recipes.common.data import DataArguments, load_raw_datasets, pack_texts
     from trilm.tokenization import byte_level_tokenizer

@@ -4,6 +4,7 @@ The YAML gives the defaults, the flags override them (as in TRL's TrlParser and 
 
 import argparse
 import dataclasses
+import logging
 from pathlib import Path
 
 import yaml
@@ -11,6 +12,8 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from .runtime import resolve_bf16
+
+logger = logging.getLogger(__name__)
 
 
 def launch_defaults() -> dict:
@@ -53,7 +56,33 @@ def parse_args(dataclass_types: tuple[type, ...], argv: list[str], prog: str, de
     for args in parsed:
         if hasattr(args, "bf16"):
             args.bf16_reason = bf16_reason  # the run folder records the precision and why (output.write_arguments)
+        if hasattr(args, "lr_scheduler_type"):
+            fit_schedule(args, rest)
     return tuple(parsed)
+
+
+def fit_schedule(args, argv: list[str]) -> None:
+    """transformers' warmup_stable_decay takes its decay length in `lr_scheduler_kwargs` (`num_decay_steps`), and
+    where warmup and decay do not fit in max_steps it cuts the warmup short with a jump into the decay. A
+    schedule from the config file (a preset) is fitted to a shorter `--max_steps`: 10% warmup, 40% decay, with
+    a warning; one given on the command line that does not fit is an error, before any work."""
+    if args.lr_scheduler_type != "warmup_stable_decay":
+        return
+    decay = (args.lr_scheduler_kwargs or {}).get("num_decay_steps")
+    if decay is None:
+        raise ValueError('lr_scheduler_type warmup_stable_decay needs its decay length: --lr_scheduler_kwargs \'{"num_decay_steps": N}\'.')
+    warmup = args.get_warmup_steps(args.max_steps) if args.max_steps > 0 else 0
+    if args.max_steps <= 0 or warmup + decay <= args.max_steps:
+        return
+    fitted_warmup, fitted_decay = args.max_steps // 10, max(1, round(0.4 * args.max_steps))
+    problem = f"warmup_stable_decay: warmup_steps ({warmup}) + num_decay_steps ({decay}) exceed max_steps ({args.max_steps})"
+    if any(flag.split("=")[0] in ("--warmup_steps", "--lr_scheduler_kwargs") for flag in argv):
+        raise ValueError(
+            f"{problem}, so the decay would begin before the warmup ends. Lower them, e.g. --warmup_steps {fitted_warmup} "
+            f"--lr_scheduler_kwargs '{{\"num_decay_steps\": {fitted_decay}}}', or use --lr_scheduler_type cosine."
+        )
+    logger.warning(f"{problem}: fitted to warmup_steps {fitted_warmup} and num_decay_steps {fitted_decay}.")
+    args.warmup_steps, args.lr_scheduler_kwargs = fitted_warmup, {**args.lr_scheduler_kwargs, "num_decay_steps": fitted_decay}
 
 
 def wants_help(argv: list[str]) -> bool:

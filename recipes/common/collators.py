@@ -118,34 +118,25 @@ class SpanCorruptionCollator:
             raise ValueError(f"mean_noise_span_length={self.mean_noise_span_length} must be at least 1.")
 
     def corrupt(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = random_spans_noise_mask(len(tokens), self.noise_density, self.mean_noise_span_length)
-        span_starts = noise & ~torch.cat([torch.tensor([False]), noise[:-1]])
-        spans = int(span_starts.sum())
+        """(inputs, targets) of a batch of blocks (batch, length), each with its own noise mask. Every block
+        has the same number of noise tokens and spans, so the rows keep equal lengths."""
+        noise = torch.stack([random_spans_noise_mask(tokens.shape[1], self.noise_density, self.mean_noise_span_length) for _ in tokens])
+        span_starts = noise & ~torch.nn.functional.pad(noise[:, :-1], (1, 0))
+        spans = int(span_starts.sum(dim=1).max())
         if spans > len(self.sentinel_ids):
             raise ValueError(
                 f"Span corruption needs {spans} sentinel tokens per example but the tokenizer has {len(self.sentinel_ids)}: "
                 "train it with more (num_sentinels) or use shorter blocks."
             )
-        sentinels = torch.tensor(self.sentinel_ids[:spans])
-        eos = torch.tensor([self.eos_token_id])
-        inputs = tokens.clone()
-        inputs[span_starts] = sentinels
-        # The target: for each noise span, its sentinel then its tokens.
-        target_tokens = []
-        for k, (start, end) in enumerate(_runs(noise)):
-            target_tokens += [self.sentinel_ids[k], *tokens[start:end].tolist()]
-        keep = ~noise | span_starts
-        return torch.cat([inputs[keep], eos]), torch.cat([torch.tensor(target_tokens, dtype=torch.long), eos])
+        # The k-th span of a row gets the k-th sentinel.
+        sentinels = torch.tensor(self.sentinel_ids[:spans])[(span_starts.cumsum(dim=1) - 1).clamp(min=0)]
+        eos = torch.full((len(tokens), 1), self.eos_token_id)
+        # The input: each span replaced by its sentinel.
+        inputs = torch.where(span_starts, sentinels, tokens)[~noise | span_starts].view(len(tokens), -1)
+        # The target: for each span, its sentinel then its tokens.
+        slots = torch.stack([sentinels, tokens], dim=2)[torch.stack([span_starts, noise], dim=2)].view(len(tokens), -1)
+        return torch.cat([inputs, eos], dim=1), torch.cat([slots, eos], dim=1)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        pairs = [self.corrupt(torch.tensor(example["input_ids"], dtype=torch.long)) for example in examples]
-        inputs = torch.stack([p[0] for p in pairs])
-        labels = torch.stack([p[1] for p in pairs])
+        inputs, labels = self.corrupt(torch.tensor([example["input_ids"] for example in examples], dtype=torch.long))
         return {"input_ids": inputs, "attention_mask": torch.ones_like(inputs), "labels": labels}
-
-
-def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
-    """(start, end) of each run of True in a 1-D boolean mask."""
-    padded = torch.cat([torch.tensor([False]), mask, torch.tensor([False])]).to(torch.int8)
-    changes = torch.nonzero(padded[1:] - padded[:-1]).flatten().tolist()
-    return list(zip(changes[::2], changes[1::2]))

@@ -203,6 +203,13 @@ def plot_loss(log_history: list[dict], path: Path, title: str, unit: str = "nats
     plt.close(figure)
 
 
+def last_evaluation(trainer) -> dict:
+    """The evaluation of the trained model: the one Trainer ran at the last step (eval_steps dividing the
+    steps), else a new one. Evaluating the same weights on the same data again would only repeat it."""
+    at_end = [row for row in trainer.state.log_history if "eval_loss" in row and row.get("step") == trainer.state.global_step]
+    return {key: value for key, value in at_end[-1].items() if key != "step"} if at_end else trainer.evaluate()
+
+
 def final_metrics(train_output, eval_metrics: dict, tokens_per_sample: int | None) -> dict:
     """Trainer's train_* (`train_output` None when not training) and eval_* figures, with eval_perplexity
     and tokens per second added. TRL's trainers put their last logged training figures (`accuracy`,
