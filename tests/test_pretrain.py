@@ -463,6 +463,27 @@ def test_pretraining_continues_from_a_trilm_checkpoint_and_from_a_llama_folder(t
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "from-llama").config.model_type == "trilm_decoder"
 
 
+def test_quickstart_full_pretrains_its_base_with_the_recipe_its_stages_were_measured_from(tmp_path, monkeypatch):
+    from trilm.recipes import quickstart
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def run(*arguments):  # records the training arguments instead of training
+        seen.append(arguments[-1])
+        raise Stop
+
+    monkeypatch.setattr(pretrain, "run", run)
+    for argv, expected in ((["--full"], ("cosine", 0.003, 1500)), ([], ("warmup_stable_decay", 0.007, 220))):
+        args = quickstart.parse_args((quickstart.QuickstartArguments,), ["--families", "decoder", "--output_dir", str(tmp_path), *argv], "q")[0]
+        with pytest.raises(Stop):
+            quickstart.pretrain_family("decoder", args)
+        trained = seen.pop()
+        assert (trained.lr_scheduler_type, trained.learning_rate, trained.max_steps) == expected
+
+
 def test_quickstart_trains_saves_reloads_and_samples_every_family(tmp_path, capsys):
     assert trilm(["quickstart", "--output_dir", str(tmp_path), "--max_steps", "6"]) == 0
     printed = capsys.readouterr().out
