@@ -22,7 +22,7 @@ bert='{hidden_size: 256, intermediate_size: 1024, num_hidden_layers: 4, num_atte
        position_embedding_type: learned, mlp_type: plain, hidden_act: gelu, attention_bias: true, mlp_bias: true, embedding_norm: true}'
 trilm pretrain --config pretrain-encoder-tiny.yaml --train_file "$work/books.txt" --model "$bert" \
   --tokenizer '{kind: wordpiece, vocab_size: 16000}' --mlm_probability 0.15 --block_size 128 --max_steps 1500 \
-  --per_device_train_batch_size 32 --learning_rate 0.0005 --warmup_steps 150 --eval_strategy "no" --eval_on_start false \
+  --per_device_train_batch_size 32 --learning_rate 0.0005 --lr_scheduler_type cosine --warmup_steps 150 --eval_strategy "no" --eval_on_start false \
   --save_strategy no "${quiet[@]}" --output_dir "$work/encoder" 2>&1 | grep -E "train_runtime"
 python - "$work" <<'PY'
 import sys
@@ -42,7 +42,8 @@ for start in encoder bert; do
     "${quiet[@]}" --output_dir "$work/squad-$start" > "$work/squad-$start.log" 2>&1
   report "$work/squad-$start"
 done
-trilm pretrain --config pretrain-decoder-tiny.yaml --max_steps 1500 --eval_on_start false --save_strategy no "${quiet[@]}" \
+trilm pretrain --config pretrain-decoder-tiny.yaml --max_steps 1500 --learning_rate 0.003 --lr_scheduler_type cosine \
+  --eval_on_start false --save_strategy no "${quiet[@]}" \
   --output_dir "$work/decoder" 2>&1 | grep -E "train_runtime"
 trilm finetune --config quickstart-sft.yaml --model_name_or_path "$work/decoder" "${quiet[@]}" --output_dir "$work/sft-corpus" \
   > "$work/sft-corpus.log" 2>&1

@@ -20,7 +20,7 @@ for family in "${@:-encoder seq2seq}"; do
                     --max_steps 1600) ;;
     seq2seq) extra=(--config pretrain-seq2seq-tiny.yaml --tokenizer '{kind: bpe, vocab_size: 16000, num_sentinels: 64}'
                     --model '{hidden_size: 256, intermediate_size: 512, encoder_layers: 3, decoder_layers: 3, num_attention_heads: 4, max_position_embeddings: 128, hidden_dropout: 0.15}'
-                    --max_steps 2200 --weight_decay 0.1) ;;
+                    --max_steps 2200 --weight_decay 0.1 --adam_beta2 0.999) ;;
   esac
   start=$(date +%s)
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} trilm pretrain "${common[@]}" "${extra[@]}" --output_dir "$work/$family" 2>&1 \

@@ -25,7 +25,7 @@ PY
 trilm pretrain --config pretrain-encoder-tiny.yaml --train_file "$data/sst2_train.tsv" --text_column_name sentence \
   --tokenizer '{kind: wordpiece, vocab_size: 8000}' --mlm_probability 0.15 \
   --model '{hidden_size: 256, intermediate_size: 512, num_hidden_layers: 4, num_attention_heads: 4, max_position_embeddings: 128, pooling: mean}' \
-  --max_steps ${PRETRAIN_STEPS:-3000} --per_device_train_batch_size 32 --learning_rate 0.001 --warmup_steps 200 \
+  --max_steps ${PRETRAIN_STEPS:-3000} --per_device_train_batch_size 32 --learning_rate 0.001 --lr_scheduler_type cosine --warmup_steps 200 \
   --eval_strategy steps --eval_steps 1000 --eval_on_start false --save_strategy no --disable_tqdm true \
   --output_dir "$work/encoder" 2>&1 | grep -E "eval_loss|train_runtime"
 echo "pretrained: $(( $(date +%s) - start )) s"

@@ -338,9 +338,12 @@ def test_a_presets_warmup_stable_decay_is_fitted_to_fewer_steps_and_a_given_one_
     assert factors[60] == 0.0
     for given, message in ((["--warmup_steps", "40"], r"warmup_steps \(40\) \+ num_decay_steps \(90\) exceed max_steps \(60\)"),
                            (["--lr_scheduler_kwargs", '{"num_decay_steps": 50}'], r"\(30\) \+ num_decay_steps \(50\)"),
-                           (["--lr_scheduler_kwargs", "{}"], "needs its decay length")):
+                           (["--lr_scheduler_kwargs", "{}"], "needs its decay length"),
+                           (["--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"num_decay_steps": 5}'], "cosine does not take it")):
         with pytest.raises(ValueError, match=message):
             parse("--max_steps", "60", *given)
+    # Another schedule on the command line replaces the preset's, its decay length with it.
+    assert parse("--lr_scheduler_type", "cosine").lr_scheduler_kwargs == {}
 
 
 def test_the_evaluation_at_the_last_step_is_the_final_one_not_run_again(tmp_path, monkeypatch):

@@ -65,10 +65,16 @@ def fit_schedule(args, argv: list[str]) -> None:
     """transformers' warmup_stable_decay takes its decay length in `lr_scheduler_kwargs` (`num_decay_steps`), and
     where warmup and decay do not fit in max_steps it cuts the warmup short with a jump into the decay. A
     schedule from the config file (a preset) is fitted to a shorter `--max_steps`: 10% warmup, 40% decay, with
-    a warning; one given on the command line that does not fit is an error, before any work."""
-    if args.lr_scheduler_type != "warmup_stable_decay":
-        return
+    a warning, and its `num_decay_steps` dropped when the command line picks another schedule; one given on the
+    command line that does not fit is an error, before any work."""
+    given = {flag.split("=")[0] for flag in argv}
     decay = (args.lr_scheduler_kwargs or {}).get("num_decay_steps")
+    if args.lr_scheduler_type != "warmup_stable_decay":
+        if decay is not None and "--lr_scheduler_kwargs" in given:
+            raise ValueError(f"num_decay_steps is warmup_stable_decay's; lr_scheduler_type {args.lr_scheduler_type.value} does not take it.")
+        if decay is not None:  # a preset's warmup_stable_decay, replaced by another schedule on the command line
+            args.lr_scheduler_kwargs = {key: value for key, value in args.lr_scheduler_kwargs.items() if key != "num_decay_steps"}
+        return
     if decay is None:
         raise ValueError('lr_scheduler_type warmup_stable_decay needs its decay length: --lr_scheduler_kwargs \'{"num_decay_steps": N}\'.')
     warmup = args.get_warmup_steps(args.max_steps) if args.max_steps > 0 else 0
@@ -76,7 +82,7 @@ def fit_schedule(args, argv: list[str]) -> None:
         return
     fitted_warmup, fitted_decay = args.max_steps // 10, max(1, round(0.4 * args.max_steps))
     problem = f"warmup_stable_decay: warmup_steps ({warmup}) + num_decay_steps ({decay}) exceed max_steps ({args.max_steps})"
-    if any(flag.split("=")[0] in ("--warmup_steps", "--lr_scheduler_kwargs") for flag in argv):
+    if given & {"--warmup_steps", "--lr_scheduler_kwargs"}:
         raise ValueError(
             f"{problem}, so the decay would begin before the warmup ends. Lower them, e.g. --warmup_steps {fitted_warmup} "
             f"--lr_scheduler_kwargs '{{\"num_decay_steps\": {fitted_decay}}}', or use --lr_scheduler_type cosine."
