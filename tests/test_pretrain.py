@@ -479,12 +479,12 @@ def test_quickstart_full_pretrains_its_base_with_the_recipe_its_stages_were_meas
         raise Stop
 
     monkeypatch.setattr(pretrain, "run", run)
-    for argv, expected in ((["--full"], ("cosine", 0.003, 1500)), ([], ("warmup_stable_decay", 0.007, 220))):
+    for argv, expected in ((["--full"], ("cosine", 0.003, 1500, {})), ([], ("warmup_stable_decay", 0.007, 220, {"num_decay_steps": 90}))):
         args = quickstart.parse_args((quickstart.QuickstartArguments,), ["--families", "decoder", "--output_dir", str(tmp_path), *argv], "q")[0]
         with pytest.raises(Stop):
             quickstart.pretrain_family("decoder", args)
         trained = seen.pop()
-        assert (trained.lr_scheduler_type, trained.learning_rate, trained.max_steps) == expected
+        assert (trained.lr_scheduler_type, trained.learning_rate, trained.max_steps, trained.lr_scheduler_kwargs) == expected
 
 
 def test_quickstart_trains_saves_reloads_and_samples_every_family(tmp_path, capsys):
